@@ -1,0 +1,94 @@
+"""Loading input photographs as RGB, whatever their mode. Pillow and numpy only (ground floor)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+class ImageLoadError(ValueError):
+    """An input image could not be used; the message names the file and the problem."""
+
+
+def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageLoadError(f"{name}: expected an HxW, HxWx3 or HxWx4 array, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageLoadError(f"{name}: image has zero pixels (shape {array.shape})")
+    if array.dtype == np.uint8:
+        rgb = array
+    elif array.dtype == np.uint16:
+        rgb = (array.astype(np.float64) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageLoadError(f"{name}: float image contains NaN or inf")
+        rgb = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    else:
+        raise ImageLoadError(f"{name}: unsupported array dtype {array.dtype} (use uint8, uint16 or float in [0, 1])")
+    if rgb.ndim == 3 and rgb.shape[2] == 4:
+        rgb = rgb[:, :, :3]
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    return image.convert("RGB")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB. 16-bit greyscale ("I;16", "I") is scaled from its full range, not truncated."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        return Image.fromarray((np.clip(array / top, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        return Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite on white rather than dropping alpha, which would expose arbitrary colours under transparency.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb_image(image: Any) -> Image.Image:
+    """A path, PIL image or numpy array -> an RGB PIL image, EXIF orientation applied.
+
+    Raises :class:`ImageLoadError` naming the file when it is missing, not an image, truncated or empty.
+    """
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image, "array input")
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ImageLoadError("image input has zero pixels")
+        return _to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.exists():
+            raise ImageLoadError(f"{path}: file not found")
+        if path.is_dir():
+            raise ImageLoadError(f"{path}: is a directory, not an image")
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # decode now: a truncated file fails here, not later
+                if opened.width == 0 or opened.height == 0:
+                    raise ImageLoadError(f"{path}: image has zero pixels")
+                return _to_rgb(ImageOps.exif_transpose(opened))
+        except ImageLoadError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageLoadError(f"{path}: not an image Pillow can read") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageLoadError(f"{path}: image is truncated or corrupt ({exc})") from None
+    raise ImageLoadError(f"unsupported image input of type {type(image).__name__} (use a path, PIL image or array)")
+
+
+def find_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

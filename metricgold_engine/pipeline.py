@@ -1,0 +1,282 @@
+"""MetricGoldPipeline: one photograph in, metric depth in metres out.
+
+The algorithm (paper §3.3): encode the image with SD's VAE; start the depth latent from Gaussian noise; denoise it
+with the UNet conditioned on ``cat(image_latent, depth_latent_t)`` and the stored empty-prompt embedding, by DDIM
+with v-prediction; decode with the depth VAE; average the 3 channels; invert the log normalization to metres. An
+ensemble of runs from different noise is reduced in log-depth space — metric depth needs no scale/shift alignment
+between members, unlike affine-invariant Marigold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from .depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN, check_depth_range, denormalize_depth
+from .image_io import load_rgb_image
+from .model import EmptyTextEmbedding
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+ENSEMBLE_REDUCTIONS = ("median", "mean")
+#: Consistency constant: 1.4826 * MAD estimates the standard deviation of a normal distribution.
+MAD_TO_STD = 1.4826
+
+
+@dataclass
+class MetricGoldDepthOutput(BaseOutput):
+    """``depth``: float32 metres, HxW. ``uncertainty``: float32 metres, HxW (spread of the ensemble members: their
+    standard deviation for ``mean``, 1.4826 x median absolute deviation for ``median``), or None.
+    ``settings``: the JSON-able settings actually used."""
+
+    depth: np.ndarray
+    uncertainty: np.ndarray | None
+    settings: dict[str, Any]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class MetricGoldPipeline(DiffusionPipeline):
+    """Monocular metric depth with a fine-tuned Stable Diffusion v2 (MetricGold).
+
+    Components: ``unet`` (8 input channels), ``vae`` (image VAE), ``depth_vae``, ``scheduler`` (DDIM,
+    v-prediction), ``text_embedding`` (stored empty prompt). The config holds the checkpoint's depth range and
+    normalization and its inference defaults.
+    """
+
+    model_cpu_offload_seq = "vae->unet->depth_vae"
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        depth_vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        text_embedding: EmptyTextEmbedding,
+        depth_min: float = DEFAULT_DEPTH_MIN,
+        depth_max: float = DEFAULT_DEPTH_MAX,
+        depth_normalization: str = "log",
+        default_processing_resolution: int = 768,
+        default_num_inference_steps: int = 50,
+        default_ensemble_size: int = 10,
+        default_timestep_spacing: str = "leading",
+    ):
+        super().__init__()
+        check_depth_range(depth_min, depth_max, depth_normalization)
+        self.register_modules(
+            unet=unet, vae=vae, depth_vae=depth_vae, scheduler=scheduler, text_embedding=text_embedding
+        )
+        self.register_to_config(
+            depth_min=float(depth_min),
+            depth_max=float(depth_max),
+            depth_normalization=depth_normalization,
+            default_processing_resolution=default_processing_resolution,
+            default_num_inference_steps=default_num_inference_steps,
+            default_ensemble_size=default_ensemble_size,
+            default_timestep_spacing=default_timestep_spacing,
+        )
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """RGB in [-1, 1], [B,3,H,W] -> image latent (posterior mean x scaling factor)."""
+        latent = self.vae.encode(image.to(self.vae.dtype)).latent_dist.mean
+        return latent * self.vae.config.scaling_factor
+
+    def encode_depth(self, depth_normalized: torch.Tensor) -> torch.Tensor:
+        """Normalized depth [B,1,H,W] in [-1, 1] -> depth latent (replicated to 3 channels; posterior mean)."""
+        x = depth_normalized.expand(-1, 3, -1, -1).to(self.depth_vae.dtype)
+        return self.depth_vae.encode(x).latent_dist.mean * self.depth_vae.config.scaling_factor
+
+    def decode_depth(self, depth_latent: torch.Tensor) -> torch.Tensor:
+        """Depth latent -> normalized depth [B,H,W] in [-1, 1]: depth VAE decode, clip, mean of the 3 channels."""
+        decoded = self.depth_vae.decode(
+            depth_latent.to(self.depth_vae.dtype) / self.depth_vae.config.scaling_factor
+        ).sample
+        return decoded.float().clamp(-1.0, 1.0).mean(dim=1)
+
+    def _scheduler_for(self, timestep_spacing: str) -> DDIMScheduler:
+        if self.scheduler.config.get("timestep_spacing") == timestep_spacing and isinstance(
+            self.scheduler, DDIMScheduler
+        ):
+            return self.scheduler
+        return DDIMScheduler.from_config(self.scheduler.config, timestep_spacing=timestep_spacing)
+
+    def _prepare_image(
+        self, image: Image.Image, processing_resolution: int
+    ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """Resize so the long side is ``processing_resolution`` (0 keeps the native size), then pad bottom/right by
+        edge replication to a multiple of 8 (and of the VAE factor) — padding instead of stretching keeps the
+        camera geometry of the photo exact. Returns the tensor, the unpadded size and the padded size."""
+        if processing_resolution > 0:
+            scale = processing_resolution / max(image.width, image.height)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            if size != image.size:
+                image = image.resize(size, Image.Resampling.BICUBIC)
+        rgb = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
+        h, w = rgb.shape[-2:]
+        multiple = math.lcm(8, self.vae_scale_factor)
+        ph, pw = (-h) % multiple, (-w) % multiple
+        if ph or pw:
+            rgb = F.pad(rgb, (0, pw, 0, ph), mode="replicate")
+        return rgb, (h, w), (h + ph, w + pw)
+
+    # --------------------------------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Any,
+        num_inference_steps: int | None = None,
+        ensemble_size: int | None = None,
+        processing_resolution: int | None = None,
+        match_input_resolution: bool = True,
+        batch_size: int = 0,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        timestep_spacing: str | None = None,
+        output_uncertainty: bool = False,
+        ensemble_reduction: str = "median",
+        step_callback: Callable[[int, int], None] | None = None,
+    ) -> MetricGoldDepthOutput:
+        """Predict metric depth for one image (a path, PIL image or HxWx3 array).
+
+        Args:
+            num_inference_steps: DDIM steps (checkpoint default; the paper uses 50).
+            ensemble_size: runs from different noise, reduced in log-depth space (paper: 10).
+            processing_resolution: long side the model sees; 0 = native size.
+            match_input_resolution: return depth at the input's size (else at the processing size).
+            batch_size: ensemble members per UNet batch; 0 picks one.
+            generator / seed: noise source; a seed makes the result deterministic.
+            timestep_spacing: "leading" (the paper's DDIM), "trailing" (good at 1-4 steps), "linspace".
+            output_uncertainty: also return the ensemble spread (needs ensemble_size > 1).
+            ensemble_reduction: "median" (robust, default) or "mean".
+            step_callback: ``f(step, total)`` after every denoising step; raising in it aborts the prediction.
+        """
+        cfg = self.config
+        # 0. Settings: checkpoint defaults where not given, all checked before any work
+        num_inference_steps = _check_int(
+            "num_inference_steps", cfg.default_num_inference_steps if num_inference_steps is None
+            else num_inference_steps, 1)
+        ensemble_size = _check_int(
+            "ensemble_size", cfg.default_ensemble_size if ensemble_size is None else ensemble_size, 1)
+        processing_resolution = _check_int(
+            "processing_resolution", cfg.default_processing_resolution if processing_resolution is None
+            else processing_resolution, 0)
+        batch_size = _check_int("batch_size", batch_size, 0)
+        timestep_spacing = timestep_spacing or cfg.default_timestep_spacing
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
+        if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
+            raise ValueError(f"ensemble_reduction must be one of {ENSEMBLE_REDUCTIONS}, got {ensemble_reduction!r}")
+        if seed is not None:
+            _check_int("seed", seed, 0)
+            if generator is None:
+                generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        device = self._execution_device
+        if batch_size == 0:
+            batch_size = ensemble_size
+
+        # 1. Image -> [-1, 1] tensor at the processing resolution, padded to a multiple of 8
+        pil = load_rgb_image(image)
+        input_size = (pil.height, pil.width)
+        rgb, (h, w), padded_size = self._prepare_image(pil, processing_resolution)
+
+        # 2. Image latent, computed once and shared by all ensemble members
+        image_latent = self.encode_image(rgb.to(device))
+        text = self.text_embedding.embedding.to(device=device, dtype=self.unet.dtype)
+
+        # 3. DDIM timesteps
+        scheduler = self._scheduler_for(timestep_spacing)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+
+        # 4. Initial noise of every member, drawn at once so results do not depend on batch_size
+        noise = randn_tensor(
+            (ensemble_size, *image_latent.shape[1:]), generator=generator, device=device, dtype=torch.float32
+        )
+
+        # 5. Denoise: the UNet predicts v from cat(image_latent, depth_latent_t); DDIM steps in float32
+        members = []
+        total = num_inference_steps * math.ceil(ensemble_size / batch_size)
+        step = 0
+        with self.progress_bar(total=total) as progress:
+            for depth_latent in noise.split(batch_size):
+                n = depth_latent.shape[0]
+                cond = image_latent.expand(n, -1, -1, -1).to(self.unet.dtype)
+                for t in scheduler.timesteps:
+                    unet_input = torch.cat([cond, depth_latent.to(self.unet.dtype)], dim=1)
+                    v = self.unet(unet_input, t, encoder_hidden_states=text.expand(n, -1, -1), return_dict=False)[0]
+                    depth_latent = scheduler.step(v.float(), t, depth_latent).prev_sample
+                    step += 1
+                    progress.update()
+                    if step_callback is not None:
+                        step_callback(step, total)
+                # 6. Decode with the depth VAE; mean of 3 channels; drop the padding
+                members.append(self.decode_depth(depth_latent)[:, :h, :w])
+
+        # 7. Metres, then the ensemble reduced in log-depth space
+        normalized = torch.cat(members).cpu().numpy().astype(np.float64)
+        depth_members = denormalize_depth(normalized, cfg.depth_min, cfg.depth_max, cfg.depth_normalization)
+        log_members = np.log(depth_members)
+        if ensemble_reduction == "median":
+            log_depth = np.median(log_members, axis=0)
+        else:
+            log_depth = log_members.mean(axis=0)
+        uncertainty = None
+        if output_uncertainty and ensemble_size > 1:
+            if ensemble_reduction == "median":
+                uncertainty = MAD_TO_STD * np.median(np.abs(depth_members - np.exp(log_depth)), axis=0)
+            else:
+                uncertainty = depth_members.std(axis=0)
+
+        # 8. Back to the input resolution (bilinear in log depth, so edges interpolate geometrically)
+        out_size = input_size if match_input_resolution else (h, w)
+        log_depth = _resize(log_depth, out_size)
+        depth = np.exp(log_depth).astype(np.float32)
+        if uncertainty is not None:
+            uncertainty = np.maximum(_resize(uncertainty, out_size), 0.0).astype(np.float32)
+
+        settings = {
+            "num_inference_steps": num_inference_steps,
+            "ensemble_size": ensemble_size,
+            "processing_resolution": processing_resolution,
+            "timestep_spacing": timestep_spacing,
+            "ensemble_reduction": ensemble_reduction,
+            "seed": None if seed is None else int(seed),
+            "batch_size": batch_size,
+            "match_input_resolution": match_input_resolution,
+            "input_size": list(input_size),
+            "processing_size": [h, w],
+            "padded_size": list(padded_size),
+            "depth_min": cfg.depth_min,
+            "depth_max": cfg.depth_max,
+            "depth_normalization": cfg.depth_normalization,
+            "device": str(device),
+            "dtype": str(self.unet.dtype).replace("torch.", ""),
+        }
+        return MetricGoldDepthOutput(depth=depth, uncertainty=uncertainty, settings=settings)
+
+
+def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an HxW float array (pixel-centre aligned, as image resampling should be)."""
+    if tuple(array.shape) == tuple(size):
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))[None, None]
+    antialias = size[0] < array.shape[0] or size[1] < array.shape[1]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=antialias)[0, 0].numpy()
