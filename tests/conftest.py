@@ -1,0 +1,38 @@
+"""Shared fixtures. The tiny checkpoint is built once per test session through the real code path
+(tiny SD2-shaped folder -> init_from_stable_diffusion -> save_pretrained)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Keep CPU tests predictable on the 2-core CI machine.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a tiny, randomly initialised MetricGold checkpoint (float32, CPU-friendly, seed 0)."""
+    from metricgold_engine.model import make_tiny_checkpoint
+
+    path = tmp_path_factory.mktemp("models") / "tiny-metricgold"
+    make_tiny_checkpoint(path, seed=0, default_processing_resolution=64, default_num_inference_steps=4,
+                         default_ensemble_size=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_checkpoint: Path):
+    """The tiny checkpoint loaded on the CPU, progress bars off."""
+    from metricgold_engine.model import load_pipeline
+
+    pipe = load_pipeline(tiny_checkpoint, device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
