@@ -1,0 +1,644 @@
+"""Drive the MetricGold worker process from any Python: the standard library and numpy are all it needs.
+
+Blender's Python has no torch, and neither a crash nor a 10 GB model may take Blender down, so inference runs in a
+worker process (``python -m metricgold_engine.worker``, started from an environment that has MetricGold installed)
+and this client hides the process boundary behind ordinary method calls::
+
+    from metricgold_engine.client import WorkerClient
+
+    with WorkerClient("/path/to/venv/bin/python", model="/path/to/checkpoint") as worker:
+        result = worker.predict("photo.jpg", "out/", num_inference_steps=10, ensemble_size=3, seed=0)
+        depth = result.depth  # float32 metres, H x W
+
+Threads: ``predict`` blocks its caller (run it on a background thread); ``cancel()`` and ``close()`` may be called from
+any other thread at any time. Progress callbacks run on the thread that called ``predict``.
+
+Nothing here (nor in anything it imports) imports torch. The protocol is described in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import protocol
+
+__all__ = [
+    "WorkerClient",
+    "PredictionResult",
+    "Progress",
+    "WorkerError",
+    "WorkerStartError",
+    "WorkerDied",
+    "WorkerTimeout",
+    "RequestError",
+    "PredictionCancelled",
+    "ClientClosed",
+]
+
+log = logging.getLogger("metricgold.client")
+
+#: How long a fresh worker may take to import torch and answer `hello` (cold disks, antivirus scans).
+DEFAULT_START_TIMEOUT = 180.0
+#: How long `close()` waits for the worker to exit by itself before killing it.
+DEFAULT_CLOSE_TIMEOUT = 10.0
+#: How long a timed-out prediction may take to acknowledge its cancellation before the worker is killed.
+CANCEL_GRACE = 10.0
+#: Lines of the worker's stderr kept for error messages.
+STDERR_TAIL_LINES = 60
+
+_POLL = 0.05  # seconds between checks of cancel events and deadlines while waiting for the worker
+
+
+# --- errors -------------------------------------------------------------------------------------------------------
+class WorkerError(RuntimeError):
+    """Base class of everything this module raises about the worker."""
+
+
+class WorkerStartError(WorkerError):
+    """The worker could not be started: no such Python, MetricGold not installed there, protocol mismatch."""
+
+
+class WorkerDied(WorkerError):
+    """The worker process ended while a request was outstanding (killed, out of memory, crashed in native code).
+    The next call on the same client starts a fresh worker."""
+
+    def __init__(self, message: str, returncode: int | None = None, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class WorkerTimeout(WorkerError, TimeoutError):
+    """A request did not finish within its ``timeout``; it was cancelled (or, if the worker hung, the worker killed)."""
+
+
+class ClientClosed(WorkerError):
+    """The client was closed (possibly from another thread) before or during the call."""
+
+
+class RequestError(WorkerError):
+    """The worker answered the request with a JSON-RPC error; ``code`` is one of ``protocol``'s error codes."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class PredictionCancelled(RequestError):
+    """The prediction was cancelled (``cancel()``, the ``cancel`` event, or ``close()``)."""
+
+
+# --- results ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    """One `progress` notification: ``stage`` is "load_image", "denoise" or "save"; ``step`` of ``total``."""
+
+    stage: str
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """What the worker wrote. The arrays are read from disk on first access."""
+
+    depth_path: str
+    uncertainty_path: str | None
+    shape: tuple[int, int]
+    depth_min: float | None
+    depth_max: float | None
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @functools.cached_property
+    def depth(self) -> np.ndarray:
+        """Depth in metres, float32, H x W."""
+        return _load_npy(self.depth_path, self.shape)
+
+    @functools.cached_property
+    def uncertainty(self) -> np.ndarray | None:
+        """Ensemble uncertainty in metres, float32, H x W; None when it was not asked for."""
+        return None if self.uncertainty_path is None else _load_npy(self.uncertainty_path, self.shape)
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> PredictionResult:
+        try:
+            height, width = value["shape"]
+            return cls(
+                depth_path=str(value["depth_path"]),
+                uncertainty_path=None if value.get("uncertainty_path") is None else str(value["uncertainty_path"]),
+                shape=(int(height), int(width)),
+                depth_min=None if value.get("depth_min") is None else float(value["depth_min"]),
+                depth_max=None if value.get("depth_max") is None else float(value["depth_max"]),
+                settings=dict(value.get("settings") or {}),
+                seconds=float(value.get("seconds", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WorkerError(f"malformed predict result from the worker ({exc!r}): {value!r}") from None
+
+
+def _load_npy(path: str, shape: tuple[int, int]) -> np.ndarray:
+    array = np.load(path, allow_pickle=False)  # never unpickle: the file could have been replaced
+    if array.shape != shape:
+        raise WorkerError(f"{path}: expected an array of shape {list(shape)}, found {list(array.shape)}")
+    return array.astype(np.float32, copy=False)
+
+
+# --- one worker process ---------------------------------------------------------------------------------------------
+_EOF = "eof"
+_MESSAGE = "message"
+
+
+def _kill_process(proc: subprocess.Popen[bytes]) -> None:
+    # Used by weakref.finalize: a client dropped without close() still leaves no orphan or zombie.
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class _Connection:
+    """A running worker process, its pipes and reader threads. Replaced as a whole when the process dies, so
+    replies of a dead worker can never be confused with a fresh one's."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        kwargs: dict[str, Any] = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            # Its own session: Ctrl-C in a terminal reaches the caller, which then closes the worker cleanly.
+            kwargs["start_new_session"] = True
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0, **kwargs
+        )
+        self.pid = self.proc.pid
+        self._finalizer = weakref.finalize(self, _kill_process, self.proc)
+        self._write_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._pending: dict[int | str, queue.Queue[tuple[str, Any]]] = {}
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.dead = False
+        self._stdout_thread = threading.Thread(target=self._read_stdout, name=f"metricgold-worker-{self.pid}-stdout", daemon=True)
+        self._stderr_thread = threading.Thread(target=self._read_stderr, name=f"metricgold-worker-{self.pid}-stderr", daemon=True)
+        self._stderr_thread.start()
+        self._stdout_thread.start()
+
+    # reader threads
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                message = protocol.parse_response(line)
+            except protocol.ProtocolError as exc:
+                # The worker keeps stdout for protocol lines only; anything else is a bug worth seeing.
+                log.warning("ignoring a line from the worker that is not JSON-RPC: %s", exc)
+                continue
+            # Progress notifications name their request in params; replies carry its id.
+            key = (message.params or {}).get("request_id") if message.is_notification else message.id
+            with self._lock:
+                target = self._pending.get(key) if isinstance(key, (int, str)) else None
+            if target is not None:
+                target.put((_MESSAGE, message))
+            elif not message.is_notification:
+                log.debug("reply for an unknown request id %r: %s", message.id, message.error or message.result)
+        with self._lock:
+            self.dead = True
+            waiting = list(self._pending.values())
+        for target in waiting:
+            target.put((_EOF, None))
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self._stderr_tail.append(line)
+            log.debug("worker %s: %s", self.pid, line)
+
+    def stderr_tail(self, wait: float = 0.0) -> str:
+        """The last lines the worker wrote to stderr (waiting up to ``wait`` s for the stream to end)."""
+        if wait:
+            self._stderr_thread.join(wait)
+        return "\n".join(self._stderr_tail)
+
+    # requests
+    def register(self, request_id: int | str) -> queue.Queue[tuple[str, Any]]:
+        inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        with self._lock:
+            self._pending[request_id] = inbox
+            if self.dead:
+                inbox.put((_EOF, None))
+        return inbox
+
+    def unregister(self, request_id: int | str) -> None:
+        with self._lock:
+            self._pending.pop(request_id, None)
+
+    def send(self, message: Mapping[str, Any]) -> bool:
+        """Write one line; False when the pipe is already broken (the reader thread reports the death)."""
+        data = protocol.encode(message)
+        with self._write_lock:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+                return True
+            except (BrokenPipeError, OSError, ValueError):
+                return False
+
+    def died_error(self, doing: str) -> WorkerDied:
+        returncode = self.reap(timeout=5.0)
+        tail = self.stderr_tail(wait=2.0)
+        if returncode is None:
+            how = "closed its output"
+        elif returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = f"signal {-returncode}"
+            how = f"was killed by {name}"
+            if name == "SIGKILL":
+                how += " (by a user, or by the system when it ran out of memory)"
+        else:
+            how = f"exited with code {returncode}"
+        message = f"the MetricGold worker (pid {self.pid}) {how} while {doing}."
+        message += "\nLast lines of its stderr:\n" + tail if tail else "\nIt wrote nothing to stderr."
+        return WorkerDied(message, returncode=returncode, stderr_tail=tail)
+
+    # ending
+    def reap(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._close_pipes()
+
+    def shutdown(self, timeout: float) -> None:
+        """Ask the worker to exit (shutdown request, then end of input); kill it if it has not exited in time."""
+        if self.proc.poll() is None:
+            self.send(protocol.request(protocol.SHUTDOWN, None, "__close__"))
+            with self._write_lock:
+                try:
+                    assert self.proc.stdin is not None
+                    self.proc.stdin.close()
+                except (BrokenPipeError, OSError, ValueError):
+                    pass
+            if self.reap(timeout) is None:
+                log.warning("worker %s did not exit within %.1f s; killing it", self.pid, timeout)
+        self.kill()
+
+    def _close_pipes(self) -> None:
+        self._stdout_thread.join(5)
+        self._stderr_thread.join(5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+        self._finalizer.detach()
+
+
+# --- the client -----------------------------------------------------------------------------------------------------
+class WorkerClient:
+    """Spawns ``python_executable -m metricgold_engine.worker`` and talks to it.
+
+    ``model``: a checkpoint folder loaded right after start (and again after any restart); None to call
+    ``load_model`` later. ``device``: "auto", "cpu", "cuda", "cuda:N" or "mps". ``env``: variables added to (or,
+    with value None, removed from) this process's environment for the worker.
+    """
+
+    def __init__(
+        self,
+        python_executable: str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        env: Mapping[str, str | None] | None = None,
+        *,
+        dtype: str = "auto",
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
+        self.python_executable = os.fspath(python_executable)
+        protocol.check_params(protocol.LOAD_MODEL, {"path": "-", "device": device, "dtype": dtype})
+        self._model = None if model is None else os.path.abspath(os.fspath(model))
+        self._device = device
+        self._dtype = dtype
+        self._env = dict(env or {})
+        self.start_timeout = start_timeout
+        self.close_timeout = close_timeout
+        self._ids = itertools.count(1)
+        self._state_lock = threading.Lock()  # held briefly: _conn, _closed, _active
+        self._start_lock = threading.Lock()  # held while a worker starts (seconds)
+        self._conn: _Connection | None = None
+        self._closed = False
+        self._active: set[int] = set()  # predict request ids in flight, for cancel()
+        self.info: dict[str, Any] = {}  # the last `hello` result
+        self._ensure_worker()
+
+    # context manager
+    def __enter__(self) -> WorkerClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # properties
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running worker (None when none runs)."""
+        conn = self._conn
+        return None if conn is None or conn.dead else conn.pid
+
+    @property
+    def alive(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.dead and conn.proc.poll() is None
+
+    def stderr_tail(self) -> str:
+        conn = self._conn
+        return "" if conn is None else conn.stderr_tail()
+
+    # starting
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key, value in self._env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = str(value)
+        return env
+
+    def _ensure_worker(self) -> _Connection:
+        with self._state_lock:
+            if self._closed:
+                raise ClientClosed("this WorkerClient is closed")
+            conn = self._conn
+        if conn is not None and not conn.dead:
+            return conn
+        with self._start_lock:
+            with self._state_lock:
+                if self._closed:
+                    raise ClientClosed("this WorkerClient is closed")
+                conn = self._conn
+            if conn is not None and not conn.dead:
+                return conn  # another thread started one meanwhile
+            if conn is not None:
+                conn.kill()  # reap the dead one: no zombie
+            conn = self._start()
+            with self._state_lock:
+                if self._closed:  # close() ran while we were starting
+                    conn.shutdown(self.close_timeout)
+                    raise ClientClosed("this WorkerClient is closed")
+                self._conn = conn
+            return conn
+
+    def _start(self) -> _Connection:
+        python = self.python_executable
+        fix = (
+            f"Set it to the python of an environment where MetricGold is installed, e.g. /path/to/venv/bin/python "
+            f"(check with: {python} -c \"import metricgold_engine.worker\")."
+        )
+        argv = [python, "-m", "metricgold_engine.worker", "--device", self._device, "--dtype", self._dtype]
+        try:
+            conn = _Connection(argv, self._worker_env())
+        except FileNotFoundError:
+            raise WorkerStartError(f"Python executable not found: {python!r}. {fix}") from None
+        except PermissionError:
+            raise WorkerStartError(f"Python executable is not executable (permission denied): {python!r}. {fix}") from None
+        except OSError as exc:
+            raise WorkerStartError(f"cannot run the Python executable {python!r}: {exc}. {fix}") from None
+        try:
+            info = self._call_on(conn, protocol.HELLO, {}, timeout=self.start_timeout, doing="starting")
+        except WorkerDied as exc:
+            conn.kill()
+            raise WorkerStartError(self._start_failure_message(exc.stderr_tail, exc.returncode)) from None
+        except WorkerTimeout:
+            tail = conn.stderr_tail()
+            conn.kill()
+            raise WorkerStartError(
+                f"the MetricGold worker ({python}) did not answer 'hello' within {self.start_timeout:.0f} s; "
+                f"last lines of its stderr:\n{tail}"
+            ) from None
+        except BaseException:
+            conn.kill()
+            raise
+        version = info.get("protocol_version") if isinstance(info, dict) else None
+        if version != protocol.PROTOCOL_VERSION:
+            conn.kill()
+            raise WorkerStartError(
+                f"the MetricGold worker at {python} speaks protocol version {version!r} (engine "
+                f"{info.get('engine_version') if isinstance(info, dict) else '?'}), this client speaks version "
+                f"{protocol.PROTOCOL_VERSION}: install the same MetricGold release in both environments "
+                f"({python} -m pip install --upgrade metricgold)."
+            )
+        self.info = info
+        if self._model is not None:
+            try:
+                self.info = self._call_on(
+                    conn,
+                    protocol.LOAD_MODEL,
+                    {"path": self._model, "device": self._device, "dtype": self._dtype},
+                    timeout=None,
+                    doing=f"loading the model {self._model}",
+                )
+            except BaseException:
+                conn.kill()
+                raise
+        return conn
+
+    def _start_failure_message(self, tail: str, returncode: int | None) -> str:
+        python = self.python_executable
+        for module in ("metricgold_engine", "torch", "diffusers", "transformers", "safetensors", "numpy", "PIL"):
+            if f"No module named '{module}" in tail or f"No module named {module}" in tail:
+                if module == "metricgold_engine":
+                    return (
+                        f"the Python at {python} cannot import metricgold_engine: MetricGold is not installed in that "
+                        f"environment. Install it with `{python} -m pip install metricgold` (from a source checkout: "
+                        f"`{python} -m pip install -e /path/to/MetricGold`), or choose the python of the environment "
+                        f"where it is installed."
+                    )
+                return (
+                    f"the Python at {python} has MetricGold but lacks its dependency {module!r}. Install MetricGold "
+                    f"with its dependencies there: `{python} -m pip install metricgold`."
+                )
+        return (
+            f"the MetricGold worker started with {python} exited before answering 'hello' (exit code {returncode}). "
+            f"Is it a Python >= 3.11 with MetricGold installed? Last lines of its stderr:\n{tail}"
+        )
+
+    # calls
+    def _call_on(
+        self,
+        conn: _Connection,
+        method: str,
+        params: Mapping[str, Any],
+        *,
+        timeout: float | None,
+        doing: str,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: Any = None,
+    ) -> Any:
+        """Send one request on ``conn`` and wait for its reply, passing progress to ``on_progress`` and turning
+        ``cancel`` (an object with ``is_set()``, e.g. threading.Event) and ``timeout`` into a `cancel` request."""
+        request_id = next(self._ids)
+        inbox = conn.register(request_id)
+        is_predict = method == protocol.PREDICT
+        if is_predict:
+            with self._state_lock:
+                self._active.add(request_id)
+        try:
+            conn.send(protocol.request(method, params, request_id))
+            deadline = None if timeout is None else time.monotonic() + timeout
+            cancel_sent = timed_out = False
+            kill_at = None
+            while True:
+                try:
+                    kind, message = inbox.get(timeout=_POLL)
+                except queue.Empty:
+                    now = time.monotonic()
+                    if cancel is not None and not cancel_sent and cancel.is_set():
+                        cancel_sent = self._send_cancel(conn, request_id)
+                    if deadline is not None and not timed_out and now >= deadline:
+                        timed_out = True
+                        kill_at = now + CANCEL_GRACE
+                        if method in (protocol.PREDICT, protocol.LOAD_MODEL) and not cancel_sent:
+                            cancel_sent = self._send_cancel(conn, request_id)
+                        if not is_predict:
+                            kill_at = now  # nothing else to wait for
+                    if kill_at is not None and now >= kill_at:
+                        conn.kill()
+                        raise WorkerTimeout(
+                            f"{method} did not finish within {timeout} s; the worker (pid {conn.pid}) did not respond "
+                            f"and was stopped. The next call starts a fresh worker."
+                        )
+                    continue
+                if kind == _EOF:
+                    if self._closed:
+                        raise ClientClosed(f"the WorkerClient was closed while {doing}")
+                    raise conn.died_error(doing)
+                if message.is_notification:
+                    if on_progress is not None and message.method == protocol.PROGRESS:
+                        p = message.params or {}
+                        on_progress(Progress(str(p.get("stage", "")), int(p.get("step", 0)), int(p.get("total", 0))))
+                    continue
+                if message.error is None:
+                    return message.result
+                code, text, data = message.error["code"], message.error["message"], message.error.get("data")
+                if code == protocol.CANCELLED:
+                    if timed_out:
+                        raise WorkerTimeout(f"{method} did not finish within {timeout} s and was cancelled")
+                    raise PredictionCancelled(code, text, data)
+                raise RequestError(code, text, data)
+        finally:
+            conn.unregister(request_id)
+            if is_predict:
+                with self._state_lock:
+                    self._active.discard(request_id)
+
+    def _send_cancel(self, conn: _Connection, request_id: int) -> bool:
+        # A notification (no id): the caller never waits for its answer, so cancel() cannot block the UI thread.
+        conn.send(protocol.notification(protocol.CANCEL, {"request_id": request_id}))
+        return True
+
+    def _call(self, method: str, params: Mapping[str, Any], *, timeout: float | None, doing: str, **kwargs: Any) -> Any:
+        return self._call_on(self._ensure_worker(), method, params, timeout=timeout, doing=doing, **kwargs)
+
+    # the public calls
+    def hello(self, timeout: float | None = 30.0) -> dict[str, Any]:
+        """Protocol version, engine and torch versions, device, and whether a model is loaded."""
+        self.info = self._call(protocol.HELLO, {}, timeout=timeout, doing="answering hello")
+        return self.info
+
+    def load_model(
+        self, path: str | os.PathLike[str], device: str | None = None, dtype: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Load (or switch to) a checkpoint; remembered, so a restarted worker loads it again."""
+        params = protocol.check_params(
+            protocol.LOAD_MODEL,
+            {"path": os.path.abspath(os.fspath(path)), "device": device or self._device, "dtype": dtype or self._dtype},
+        )
+        self.info = self._call(protocol.LOAD_MODEL, params, timeout=timeout, doing=f"loading the model {params['path']}")
+        self._model, self._device, self._dtype = params["path"], params["device"], params["dtype"]
+        return self.info
+
+    def predict(
+        self,
+        image: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: Any = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> PredictionResult:
+        """Predict metric depth for ``image``; the worker writes ``<out_dir>/<stem>_depth.npy`` (and
+        ``<stem>_uncertainty.npy``). ``options`` are the pipeline's keywords: num_inference_steps, ensemble_size,
+        processing_resolution, seed, timestep_spacing, output_uncertainty.
+
+        Raises PredictionCancelled (cancel() or ``cancel.is_set()``), WorkerTimeout, RequestError (bad image,
+        output folder not writable, no model loaded, ...) and WorkerDied (the next call starts a fresh worker).
+        """
+        params = dict(options, image=os.path.abspath(os.fspath(image)), output_dir=os.path.abspath(os.fspath(out_dir)))
+        try:
+            params = protocol.check_params(protocol.PREDICT, params)
+        except protocol.ProtocolError as exc:
+            raise TypeError(str(exc).replace("predict:", "predict():", 1)) from None
+        value = self._call(
+            protocol.PREDICT, params, timeout=timeout, doing=f"predicting {params['image']}",
+            on_progress=on_progress, cancel=cancel,
+        )
+        return PredictionResult.from_json(value)
+
+    def cancel(self) -> None:
+        """Cancel every prediction in flight on this client (any thread; returns at once). Each raises
+        PredictionCancelled in its own thread, within one denoising step."""
+        with self._state_lock:
+            conn, active = self._conn, sorted(self._active)
+        if conn is not None and not conn.dead:
+            for request_id in active:
+                self._send_cancel(conn, request_id)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the worker: ask it to shut down, kill it if it has not exited within ``timeout`` s. Idempotent;
+        may be called from another thread while a prediction runs (it then raises PredictionCancelled or
+        ClientClosed)."""
+        with self._state_lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.shutdown(self.close_timeout if timeout is None else timeout)
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.alive else ("closed" if self._closed else "not running")
+        return f"WorkerClient({self.python_executable!r}, model={self._model!r}, {state})"
+
+
+def default_python() -> str:
+    """The Python running this code: right when this environment has MetricGold (and torch) installed."""
+    return sys.executable
