@@ -1,0 +1,300 @@
+"""Pinhole geometry: intrinsics, unprojection of a metric depth map to camera space, grid meshes.
+
+Ground floor: numpy only (Pillow, when present, for reading EXIF). Blender's add-on builds its meshes from what this
+module returns, and the tests check it without Blender.
+
+Conventions
+-----------
+- Intrinsics follow OpenCV: pixel ``(u, v)`` (column, row) has integer coordinates at its centre, so an image of
+  width ``W`` spans ``u`` in ``[-0.5, W - 0.5]`` and its centre is ``(W - 1) / 2``.
+- Depth is planar depth ``z`` along the optical axis, in metres (what MetricGold predicts).
+- Camera space is Blender's: the camera looks down ``-Z``, ``+Y`` is up, ``+X`` is right. Pixel ``(u, v)`` with depth
+  ``d`` goes to ``((u - cx) / fx * d, -(v - cy) / fy * d, -d)``.
+- Without known intrinsics the field of view defaults to :data:`DEFAULT_HORIZONTAL_FOV_DEG` (55 degrees
+  horizontally, a typical phone main camera: about 26 mm in 35 mm terms for 4:3 photos).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_HORIZONTAL_FOV_DEG",
+    "FULL_FRAME_DIAGONAL_MM",
+    "GridMesh",
+    "Intrinsics",
+    "build_grid_mesh",
+    "discontinuity_face_mask",
+    "focal_35mm_from_exif",
+    "grid_faces",
+    "pixel_uvs",
+    "resolve_intrinsics",
+    "subsample_indices",
+    "unproject",
+]
+
+#: Horizontal field of view used when the photo says nothing about its camera (a typical phone main camera).
+DEFAULT_HORIZONTAL_FOV_DEG = 55.0
+
+#: Diagonal of a 36 x 24 mm frame; EXIF's "focal length in 35 mm film" is defined against it (CIPA DC-008).
+FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels of an image ``width`` x ``height`` (OpenCV convention, see module docs)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        for name in ("fx", "fy", "cx", "cy"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"intrinsics {name} must be finite, got {value}")
+        if self.fx <= 0 or self.fy <= 0:
+            raise ValueError(f"intrinsics need fx > 0 and fy > 0, got fx={self.fx}, fy={self.fy}")
+        if int(self.width) != self.width or int(self.height) != self.height or self.width < 1 or self.height < 1:
+            raise ValueError(f"image size must be positive integers, got {self.width} x {self.height}")
+
+    @classmethod
+    def from_fov(
+        cls, width: int, height: int, fov_deg: float = DEFAULT_HORIZONTAL_FOV_DEG, axis: str = "horizontal"
+    ) -> Intrinsics:
+        """Square pixels, principal point at the image centre, ``fov_deg`` across the full width (or height)."""
+        if not 0.0 < fov_deg < 180.0:
+            raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
+        if axis not in ("horizontal", "vertical", "diagonal"):
+            raise ValueError(f"fov axis must be horizontal, vertical or diagonal, got {axis!r}")
+        extent = {"horizontal": width, "vertical": height, "diagonal": math.hypot(width, height)}[axis]
+        f = extent / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
+        return cls(f, f, (width - 1) / 2.0, (height - 1) / 2.0, int(width), int(height))
+
+    @classmethod
+    def from_focal_35mm(cls, width: int, height: int, focal_35mm: float) -> Intrinsics:
+        """From a 35 mm equivalent focal length: the image diagonal sees what a 36 x 24 mm frame's diagonal does."""
+        if not (math.isfinite(focal_35mm) and focal_35mm > 0):
+            raise ValueError(f"35 mm equivalent focal length must be > 0, got {focal_35mm}")
+        f = focal_35mm * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
+        return cls(f, f, (width - 1) / 2.0, (height - 1) / 2.0, int(width), int(height))
+
+    @property
+    def horizontal_fov_deg(self) -> float:
+        return math.degrees(2.0 * math.atan(self.width / (2.0 * self.fx)))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The 3 x 3 camera matrix K (float64)."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def scaled(self, width: int, height: int) -> Intrinsics:
+        """The same camera for the image resized to ``width`` x ``height`` (pixel centres stay pixel centres)."""
+        sx, sy = width / self.width, height / self.height
+        return Intrinsics(
+            self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5, int(width), int(height)
+        )
+
+    def subsampled(self, stride: int) -> Intrinsics:
+        """Intrinsics of the grid of every ``stride``-th pixel (pixel ``(i*stride, j*stride)`` becomes ``(i, j)``)."""
+        cols, rows = len(subsample_indices(self.width, stride)), len(subsample_indices(self.height, stride))
+        return replace(self, fx=self.fx / stride, fy=self.fy / stride, cx=self.cx / stride, cy=self.cy / stride,
+                       width=cols, height=rows)
+
+
+def focal_35mm_from_exif(image: Any) -> float | None:
+    """EXIF ``FocalLengthIn35mmFilm`` (tag 0xA405) of an image path or PIL image, or None when absent.
+
+    The plain ``FocalLength`` tag is not used: without the sensor size it says nothing about the field of view.
+    Returns None when Pillow is not installed (Blender's Python), so callers fall back to a field of view.
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as im:
+                exif = im.getexif()
+        else:
+            exif = image.getexif()
+        value = exif.get_ifd(0x8769).get(0xA405)  # Exif sub-IFD, FocalLengthIn35mmFilm
+    except (OSError, AttributeError, ValueError, SyntaxError):
+        return None
+    try:
+        focal = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return focal if focal and focal > 0 else None
+
+
+def resolve_intrinsics(
+    width: int,
+    height: int,
+    *,
+    intrinsics: Intrinsics | tuple[float, float, float, float] | None = None,
+    fov_deg: float | None = None,
+    focal_35mm: float | None = None,
+) -> tuple[Intrinsics, str]:
+    """Pick intrinsics for an image: explicit (fx, fy, cx, cy) > field of view > EXIF 35 mm focal > default FOV.
+
+    Returns the intrinsics and a short description of where they came from (for reports).
+    Explicit intrinsics given for another image size are rescaled to ``width`` x ``height``.
+    """
+    if intrinsics is not None:
+        if isinstance(intrinsics, Intrinsics):
+            k = intrinsics if (intrinsics.width, intrinsics.height) == (width, height) else intrinsics.scaled(
+                width, height)
+        else:
+            fx, fy, cx, cy = (float(x) for x in intrinsics)
+            k = Intrinsics(fx, fy, cx, cy, int(width), int(height))
+        return k, f"intrinsics fx={k.fx:.2f} fy={k.fy:.2f} cx={k.cx:.2f} cy={k.cy:.2f}"
+    if fov_deg is not None:
+        return Intrinsics.from_fov(width, height, fov_deg), f"horizontal field of view {fov_deg:g} degrees"
+    if focal_35mm is not None:
+        return Intrinsics.from_focal_35mm(width, height, focal_35mm), f"EXIF focal length {focal_35mm:g} mm (35 mm eq.)"
+    return (
+        Intrinsics.from_fov(width, height, DEFAULT_HORIZONTAL_FOV_DEG),
+        f"default horizontal field of view {DEFAULT_HORIZONTAL_FOV_DEG:g} degrees",
+    )
+
+
+def subsample_indices(size: int, stride: int) -> np.ndarray:
+    """Pixel indices kept along one axis: every ``stride``-th, starting at 0 (``ceil(size / stride)`` of them)."""
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride}")
+    return np.arange(0, size, int(stride))
+
+
+def unproject(depth: np.ndarray, k: Intrinsics, stride: int = 1) -> np.ndarray:
+    """Every ``stride``-th pixel of ``depth`` (metres) -> points in Blender camera space, shape (rows, cols, 3).
+
+    ``k`` must describe ``depth``'s own pixel grid (see :meth:`Intrinsics.scaled`). Invalid depth gives NaN points.
+    Computed in float64.
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be H x W, got shape {depth.shape}")
+    h, w = depth.shape
+    if (w, h) != (k.width, k.height):
+        raise ValueError(f"intrinsics are for {k.width} x {k.height} pixels but the depth is {w} x {h}")
+    rows, cols = subsample_indices(h, stride), subsample_indices(w, stride)
+    d = depth[np.ix_(rows, cols)].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        d = np.where(np.isfinite(d) & (d > 0), d, np.nan)
+    u = cols.astype(np.float64)[None, :]
+    v = rows.astype(np.float64)[:, None]
+    x = (u - k.cx) / k.fx * d
+    y = -(v - k.cy) / k.fy * d  # image rows grow downwards, Blender's +Y is up
+    return np.stack([x, y, -d], axis=-1)  # the camera looks down -Z
+
+
+def grid_faces(rows: int, cols: int) -> np.ndarray:
+    """Quads of a ``rows`` x ``cols`` vertex grid (vertex ``r * cols + c``), shape ((rows-1)*(cols-1), 4).
+
+    Winding is counter-clockwise as seen from the camera (top-left, bottom-left, bottom-right, top-right), so the
+    normals face the camera.
+    """
+    if rows < 2 or cols < 2:
+        return np.zeros((0, 4), dtype=np.int64)
+    idx = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
+    top_left, top_right = idx[:-1, :-1], idx[:-1, 1:]
+    bottom_left, bottom_right = idx[1:, :-1], idx[1:, 1:]
+    return np.stack([top_left, bottom_left, bottom_right, top_right], axis=-1).reshape(-1, 4)
+
+
+def discontinuity_face_mask(depth_grid: np.ndarray, faces: np.ndarray, max_relative_jump: float | None) -> np.ndarray:
+    """Which faces to keep: all corners valid and, when ``max_relative_jump`` is set, no depth jump across them.
+
+    A face is cut when ``(max(d) - min(d)) / min(d) > max_relative_jump`` over its corners: relative, so that a
+    far wall and a near table cut alike (a tilted plane's jump per pixel grows with depth, the ratio does not).
+    """
+    d = np.asarray(depth_grid, dtype=np.float64).reshape(-1)[faces]
+    with np.errstate(invalid="ignore"):
+        keep = np.all(np.isfinite(d) & (d > 0), axis=1)
+        if max_relative_jump is not None:
+            if max_relative_jump < 0:
+                raise ValueError(f"max_relative_jump must be >= 0, got {max_relative_jump}")
+            d_lo, d_hi = d.min(axis=1), d.max(axis=1)
+            keep &= (d_hi - d_lo) <= max_relative_jump * d_lo
+    return keep
+
+
+def pixel_uvs(rows: np.ndarray, cols: np.ndarray, width: int, height: int) -> np.ndarray:
+    """UV of each pixel centre of the grid, shape (len(rows), len(cols), 2); Blender's UV origin is bottom-left."""
+    u = (cols.astype(np.float64) + 0.5) / width
+    v = 1.0 - (rows.astype(np.float64) + 0.5) / height
+    uu, vv = np.meshgrid(u, v)
+    return np.stack([uu, vv], axis=-1)
+
+
+@dataclass(frozen=True)
+class GridMesh:
+    """A depth map as mesh arrays, in Blender camera space and metres.
+
+    ``vertices`` (N, 3) float64; ``faces`` (F, 4) int64 indices into ``vertices`` (empty for a point cloud);
+    ``pixels`` (N, 2) int64 ``(u, v)`` pixel of each vertex; ``uvs`` (N, 2) float64; ``depth`` (N,) float64.
+    Only pixels with valid depth become vertices.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    pixels: np.ndarray
+    uvs: np.ndarray
+    depth: np.ndarray
+    grid_shape: tuple[int, int]
+
+    def vertex_values(self, image: np.ndarray) -> np.ndarray:
+        """Per-vertex samples of an H x W (x C) array with the depth's pixel grid (colours, uncertainty)."""
+        image = np.asarray(image)
+        return image[self.pixels[:, 1], self.pixels[:, 0]]
+
+
+def build_grid_mesh(
+    depth: np.ndarray,
+    k: Intrinsics,
+    *,
+    stride: int = 1,
+    faces: bool = True,
+    max_relative_jump: float | None = None,
+) -> GridMesh:
+    """Unproject ``depth`` (metres) and connect neighbouring pixels into quads.
+
+    ``stride`` keeps every n-th pixel in both directions; ``faces=False`` gives a point cloud; faces with an invalid
+    corner, or across a depth discontinuity (see :func:`discontinuity_face_mask`), are left out. Vertices with
+    invalid depth are dropped and the face indices renumbered.
+    """
+    depth = np.asarray(depth)
+    points = unproject(depth, k, stride)
+    rows_idx, cols_idx = subsample_indices(depth.shape[0], stride), subsample_indices(depth.shape[1], stride)
+    n_rows, n_cols = len(rows_idx), len(cols_idx)
+    d_grid = -points[..., 2]  # NaN where invalid
+    valid = np.isfinite(d_grid).reshape(-1)
+
+    if faces:
+        quads = grid_faces(n_rows, n_cols)
+        quads = quads[discontinuity_face_mask(d_grid, quads, max_relative_jump)]
+    else:
+        quads = np.zeros((0, 4), dtype=np.int64)
+
+    # Renumber: old grid index -> index among valid vertices.
+    new_index = np.cumsum(valid) - 1
+    uu, vv = np.meshgrid(cols_idx, rows_idx)
+    pixels = np.stack([uu.reshape(-1), vv.reshape(-1)], axis=-1)[valid]
+    uvs = pixel_uvs(rows_idx, cols_idx, depth.shape[1], depth.shape[0]).reshape(-1, 2)[valid]
+    return GridMesh(
+        vertices=points.reshape(-1, 3)[valid],
+        faces=new_index[quads].astype(np.int64),
+        pixels=pixels.astype(np.int64),
+        uvs=uvs,
+        depth=d_grid.reshape(-1)[valid],
+        grid_shape=(n_rows, n_cols),
+    )
