@@ -105,11 +105,11 @@ class MetricGoldPipeline(DiffusionPipeline):
         return self.depth_vae.encode(x).latent_dist.mean * self.depth_vae.config.scaling_factor
 
     def decode_depth(self, depth_latent: torch.Tensor) -> torch.Tensor:
-        """Depth latent -> normalized depth [B,H,W] in [-1, 1]: depth VAE decode, clip, mean of the 3 channels."""
+        """Depth latent -> normalized depth [B,H,W] in [-1, 1]: depth VAE decode, mean of the 3 channels, clip."""
         decoded = self.depth_vae.decode(
             depth_latent.to(self.depth_vae.dtype) / self.depth_vae.config.scaling_factor
         ).sample
-        return decoded.float().clamp(-1.0, 1.0).mean(dim=1)
+        return decoded.float().mean(dim=1).clamp(-1.0, 1.0)
 
     def _scheduler_for(self, timestep_spacing: str) -> DDIMScheduler:
         if self.scheduler.config.get("timestep_spacing") == timestep_spacing and isinstance(

@@ -1,0 +1,219 @@
+"""Command line: ``python -m metricgold_engine {predict, make-tiny-checkpoint, init-from-sd}`` (also ``metricgold``).
+
+``predict`` writes, for each image NAME:
+
+- ``NAME_depth.npy``        float32 metres, HxW
+- ``NAME_depth.exr``        float32 metres, one channel ``Y``
+- ``NAME_depth16.png``      uint16 millimetres (clipped to 1 mm .. 65.535 m; 0 = invalid)
+- ``NAME_depth_color.png``  colour-mapped preview with a legend of the range in metres
+- ``NAME_uncertainty.npy``  float32 metres (ensemble spread), with ``--uncertainty``
+
+Every file is written to a temporary name and renamed into place. One bad image does not stop the others; the
+summary names each failure, and the exit status is 1 if any image failed, 2 if nothing could run at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .image_io import IMAGE_SUFFIXES, ImageLoadError, find_images
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m metricgold_engine", description="MetricGold: monocular metric depth (metres) from one photo."
+    )
+    parser.add_argument("--version", action="version", version=f"metricgold {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="predict metric depth for images or folders of images")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--model", default=None, help="MetricGold checkpoint folder (default: the built-in demo model)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--steps", dest="num_inference_steps", type=_positive_int, default=None,
+                   help="DDIM steps (default: the checkpoint's; the paper uses 50)")
+    p.add_argument("--ensemble", dest="ensemble_size", type=_positive_int, default=None,
+                   help="ensemble size (default: the checkpoint's; the paper uses 10)")
+    p.add_argument("--resolution", dest="processing_resolution", type=_nonnegative_int, default=None,
+                   help="long side the model sees, 0 = native (default: the checkpoint's)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="noise seed (default 0: reproducible)")
+    p.add_argument("--timestep-spacing", dest="timestep_spacing", choices=("leading", "trailing", "linspace"),
+                   default=None, help="DDIM timestep spacing (default: the checkpoint's)")
+    p.add_argument("--reduction", dest="ensemble_reduction", choices=("median", "mean"), default="median",
+                   help="ensemble reduction in log depth (default median)")
+    p.add_argument("--batch-size", dest="batch_size", type=_nonnegative_int, default=0,
+                   help="ensemble members per UNet batch, 0 = all at once")
+    p.add_argument("--uncertainty", dest="output_uncertainty", action="store_true",
+                   help="also write NAME_uncertainty.npy (needs --ensemble > 1)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    p.add_argument("--formats", default="npy,exr,png16,color",
+                   help="comma-separated outputs among npy, exr, png16, color (default: all)")
+
+    t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random MetricGold checkpoint (tests, CPU demos)")
+    t.add_argument("dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--size", choices=("tiny", "small"), default="tiny")
+
+    i = sub.add_parser("init-from-sd", help="build an untrained MetricGold model from a Stable Diffusion v2 folder")
+    i.add_argument("sd_path", help="Stable Diffusion v2 folder in diffusers layout (or a Marigold checkpoint)")
+    i.add_argument("out", help="output checkpoint folder")
+    i.add_argument("--depth-min", type=float, default=None, help="metres (default 0.1)")
+    i.add_argument("--depth-max", type=float, default=None, help="metres (default 100)")
+    i.add_argument("--normalization", choices=("log", "linear"), default="log")
+    return parser
+
+
+def collect_images(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand folders into their images. Returns (images, [(input, problem), ...])."""
+    images: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = find_images(path)
+            if not found:
+                problems.append((item, f"folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
+            images.extend(found)
+        elif path.exists():
+            images.append(path)
+        else:
+            problems.append((item, "file not found"))
+    return images, problems
+
+
+def _output_names(images: Sequence[Path]) -> list[str]:
+    """One output stem per image; inputs sharing a file name get _2, _3 ... so nothing is overwritten."""
+    seen: dict[str, int] = {}
+    names = []
+    for image in images:
+        count = seen.get(image.stem, 0) + 1
+        seen[image.stem] = count
+        names.append(image.stem if count == 1 else f"{image.stem}_{count}")
+    return names
+
+
+def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[str]) -> list[Path]:
+    """Write one prediction's files (each atomically); returns their paths."""
+    from . import depth_io
+
+    writers = {
+        "npy": (f"{name}_depth.npy", depth_io.write_depth_npy),
+        "exr": (f"{name}_depth.exr", depth_io.write_depth_exr),
+        "png16": (f"{name}_depth16.png", depth_io.write_depth_png16),
+        "color": (f"{name}_depth_color.png", depth_io.write_depth_color_png),
+    }
+    written = []
+    for fmt in formats:
+        filename, writer = writers[fmt]
+        writer(out_dir / filename, output.depth)
+        written.append(out_dir / filename)
+    if output.uncertainty is not None:
+        depth_io.write_depth_npy(out_dir / f"{name}_uncertainty.npy", output.uncertainty)
+        written.append(out_dir / f"{name}_uncertainty.npy")
+    return written
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .model import CheckpointError, load_pipeline
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = sorted(set(formats) - {"npy", "exr", "png16", "color"})
+    if unknown or not formats:
+        print(f"error: --formats: unknown output format(s) {', '.join(unknown) or '(none given)'}; "
+              "choose among npy, exr, png16, color", file=sys.stderr)
+        return 2
+    images, failures = collect_images(args.inputs)
+    if not images:
+        for item, problem in failures:
+            print(f"error: {item}: {problem}", file=sys.stderr)
+        print("error: no images to process", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: --out {out_dir}: cannot create the output folder ({exc.strerror})", file=sys.stderr)
+        return 2
+    try:
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pipe.set_progress_bar_config(leave=False, desc="denoising")
+    options = {key: getattr(args, key) for key in (
+        "num_inference_steps", "ensemble_size", "processing_resolution", "seed", "timestep_spacing",
+        "ensemble_reduction", "batch_size", "output_uncertainty")}
+    done = 0
+    started = time.perf_counter()
+    for image, name in tqdm(list(zip(images, _output_names(images))), desc="images", unit="img"):
+        try:
+            output = pipe(image, **options)
+            write_prediction(out_dir, name, output, formats)
+            done += 1
+        except (ImageLoadError, ValueError, OSError) as exc:
+            failures.append((str(image), str(exc)))
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    if failures:
+        print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s; {len(failures)} failed:", file=sys.stderr)
+    else:
+        print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s", file=sys.stderr)
+    for item, problem in failures:
+        print(f"  failed: {problem if problem.startswith(item) else f'{item}: {problem}'}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from .model import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(args.dir, seed=args.seed, size=args.size)
+    print(f"tiny random MetricGold checkpoint ({args.size}, seed {args.seed}) written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_init_from_sd(args: argparse.Namespace) -> int:
+    from .depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN
+    from .model import CheckpointError, init_from_stable_diffusion, save_checkpoint
+
+    try:
+        pipe = init_from_stable_diffusion(
+            args.sd_path,
+            depth_min=DEFAULT_DEPTH_MIN if args.depth_min is None else args.depth_min,
+            depth_max=DEFAULT_DEPTH_MAX if args.depth_max is None else args.depth_max,
+            depth_normalization=args.normalization,
+        )
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    save_checkpoint(pipe, args.out)
+    print(f"untrained MetricGold model written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"predict": cmd_predict, "make-tiny-checkpoint": cmd_make_tiny, "init-from-sd": cmd_init_from_sd}
+    return handlers[args.command](args)
