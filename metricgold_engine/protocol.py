@@ -77,6 +77,8 @@ class ProtocolError(ValueError):
         self.message = message
         self.request_id = request_id
         self.data = data
+        # A well-formed notification (no "id") with a bad method or params: JSON-RPC 2.0 forbids answering it.
+        self.is_notification = False
 
 
 # A parameter check takes (method, name, value) and returns the cleaned value or raises ProtocolError.
@@ -316,6 +318,7 @@ def parse_request(line: bytes | str) -> Request:
         params = check_params(method, msg.get("params"))
     except ProtocolError as exc:
         exc.request_id = request_id
+        exc.is_notification = not has_id
         raise
     return Request(method=method, params=params, id=request_id, is_notification=not has_id)
 

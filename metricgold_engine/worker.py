@@ -1,0 +1,419 @@
+"""The MetricGold worker: serves the pipeline over JSON-RPC 2.0 on stdin/stdout, one JSON object a line.
+
+    python -m metricgold_engine.worker [--model PATH] [--device auto|cpu|cuda|mps] [--dtype auto|float32|...]
+
+Blender (through ``metricgold_engine.client``) and anything else that can spawn a process drives it; the protocol
+is described in ``docs/protocol.md``. Two threads: the main thread reads requests, so that ``hello`` and ``cancel``
+are answered while a prediction runs; one compute thread serves ``load_model`` and ``predict`` in arrival order.
+The model is loaded once and kept for every later request.
+
+stdout carries protocol lines and nothing else: at start the real stdout is duplicated for the protocol and file
+descriptor 1 is pointed at stderr, so print(), warnings, progress bars and even native code cannot corrupt the
+stream. torch and the pipeline are imported only after that switch, for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from . import __version__, protocol
+
+log = logging.getLogger("metricgold.worker")
+
+#: Longest request line accepted (a request is a few hundred bytes; this only stops a runaway sender).
+MAX_LINE_BYTES = 1 << 20
+
+
+class Cancelled(Exception):
+    """Raised from the pipeline's step callback to stop a prediction at the next denoising step."""
+
+
+class RequestFailed(Exception):
+    """Answer the current request with JSON-RPC error ``code`` and ``message``."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+@dataclass
+class _Job:
+    """A `load_model` or `predict` request, queued or running on the compute thread."""
+
+    request: protocol.Request
+    cancel: threading.Event = field(default_factory=threading.Event)
+    step: int = 0  # denoising steps done so far
+    cancel_requested_at_step: int | None = None  # `step` when the cancel arrived, to show it took <= 1 more step
+
+
+def claim_protocol_streams() -> tuple[BinaryIO, BinaryIO]:
+    """Take the process's stdin/stdout for the protocol; afterwards fd 1 is stderr and fd 0 is the null device.
+
+    Why at the file-descriptor level: Python-level redirection (sys.stdout = ...) does not stop C code, child
+    processes or libraries holding the old stream from writing to fd 1, and one stray byte breaks the protocol.
+    """
+    sys.stdout.flush()
+    protocol_out = os.dup(1)
+    protocol_in = os.dup(0)
+    os.dup2(2, 1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # nothing else may consume requests
+    os.close(null)
+    return os.fdopen(protocol_in, "rb"), os.fdopen(protocol_out, "wb")
+
+
+class WorkerServer:
+    """Reads requests from a binary line stream, writes replies and notifications to another."""
+
+    def __init__(self, out: BinaryIO, device: str = "auto", dtype: str = "auto") -> None:
+        self._out = out
+        self._write_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _jobs_by_id
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs_by_id: dict[int | str | None, _Job] = {}
+        self._compute = threading.Thread(target=self._compute_loop, name="metricgold-compute", daemon=True)
+        self.default_device = device
+        self.default_dtype = dtype
+        self.pipe: Any = None
+        self.model_key: tuple[str, str, str] | None = None  # (path, device, dtype) as requested
+        self.client_gone = False
+
+    # ------------------------------------------------------------------------------------------------- output
+    def send(self, message: dict[str, Any]) -> None:
+        data = protocol.encode(message)
+        with self._write_lock:
+            if self.client_gone:
+                return
+            try:
+                self._out.write(data)
+                self._out.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                # The client closed its end: nobody to answer. Stop the work; the reader sees end of input.
+                self.client_gone = True
+                self.cancel_all()
+
+    def _answer(self, request: protocol.Request, message: dict[str, Any]) -> None:
+        if not request.is_notification:
+            self.send(message)
+
+    # ------------------------------------------------------------------------------------------------- input
+    def serve(self, lines: BinaryIO) -> int:
+        """Serve until `shutdown` or end of input; returns the exit code."""
+        self._compute.start()
+        try:
+            while True:
+                line = lines.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    log.info("end of input: finishing the requests received, then exiting")
+                    break
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    while line and not line.endswith(b"\n"):  # skip the rest of the oversized line
+                        line = lines.readline(MAX_LINE_BYTES)
+                    self.send(protocol.error(None, protocol.PARSE_ERROR, f"request line longer than {MAX_LINE_BYTES} bytes"))
+                    continue
+                if self.handle_line(line):
+                    return 0
+        finally:
+            self._drain_compute()
+        return 0
+
+    def handle_line(self, line: bytes) -> bool:
+        """Serve one request line; True when it was `shutdown`."""
+        if not line.strip():
+            return False  # blank lines (keep-alives, a trailing newline) are not requests
+        try:
+            request = protocol.parse_request(line)
+        except protocol.ProtocolError as exc:
+            if exc.is_notification:
+                log.warning("ignored a notification (no id, so no reply is allowed): %s", exc.message)
+            else:
+                self.send(protocol.error(exc.request_id, exc.code, exc.message, exc.data))
+            return False
+        try:
+            return self._dispatch(request)
+        except Exception as exc:  # a bug in the dispatcher itself must not end the worker
+            log.error("internal error on %s: %s", request.method, traceback.format_exc())
+            self._answer(request, protocol.error(request.id, protocol.INTERNAL_ERROR, _message(exc)))
+            return False
+
+    def _dispatch(self, request: protocol.Request) -> bool:
+        method = request.method
+        if method == protocol.HELLO:
+            self._answer(request, protocol.result(request.id, self.info()))
+        elif method == protocol.CANCEL:
+            found = self.cancel(request.params["request_id"])
+            self._answer(request, protocol.result(request.id, {"cancelled": found}))
+        elif method == protocol.SHUTDOWN:
+            self._drain_compute()
+            self._answer(request, protocol.result(request.id, None))
+            return True
+        else:  # load_model, predict: the compute thread's work
+            if request.is_notification:
+                log.warning("ignored %s sent as a notification: it has no id to answer to", method)
+                return False
+            job = _Job(request)
+            with self._lock:
+                if request.id in self._jobs_by_id:
+                    busy = True
+                else:
+                    busy = False
+                    self._jobs_by_id[request.id] = job
+            if busy:
+                self.send(protocol.error(
+                    request.id, protocol.INVALID_REQUEST, f"id {request.id!r} is already used by a request in progress"
+                ))
+            else:
+                self._jobs.put(job)
+        return False
+
+    # ------------------------------------------------------------------------------------------------- cancelling
+    def cancel(self, request_id: int | str) -> bool:
+        """Mark a queued or running request cancelled; False when there is none with that id."""
+        with self._lock:
+            job = self._jobs_by_id.get(request_id)
+        if job is None:
+            return False
+        if not job.cancel.is_set():
+            job.cancel_requested_at_step = job.step
+            job.cancel.set()
+        return True
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs_by_id.values())
+        for job in jobs:
+            if not job.cancel.is_set():
+                job.cancel_requested_at_step = job.step
+                job.cancel.set()
+
+    def _drain_compute(self) -> None:
+        """Let the compute thread finish every request already received (each gets its answer), then stop it.
+        A client that is gone is noticed at its next progress line (broken pipe), which cancels the rest."""
+        if self._compute.is_alive():
+            self._jobs.put(None)
+            self._compute.join()
+
+    # ------------------------------------------------------------------------------------------------- compute
+    def _compute_loop(self) -> None:
+        handlers: dict[str, Callable[[_Job], Any]] = {protocol.LOAD_MODEL: self._load_model, protocol.PREDICT: self._predict}
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            request = job.request
+            try:
+                if job.cancel.is_set():
+                    raise Cancelled()
+                reply = protocol.result(request.id, handlers[request.method](job))
+            except Cancelled:
+                reply = protocol.error(request.id, protocol.CANCELLED, f"{request.method} request {request.id!r} was cancelled", {
+                    "step": job.step, "cancel_requested_at_step": job.cancel_requested_at_step,
+                })
+            except RequestFailed as exc:
+                reply = protocol.error(request.id, exc.code, exc.message, exc.data)
+            except Exception as exc:  # out of memory, a bug, a broken file: answer, log, keep serving
+                log.error("%s %r failed:\n%s", request.method, request.id, traceback.format_exc())
+                reply = protocol.error(request.id, protocol.INTERNAL_ERROR, _message(exc), {"type": type(exc).__name__})
+            # Forget the id before answering, so that a client may reuse it as soon as it has the answer.
+            with self._lock:
+                self._jobs_by_id.pop(request.id, None)
+            self.send(reply)
+
+    def _progress(self, job: _Job, stage: str, step: int, total: int) -> None:
+        self.send(protocol.progress(job.request.id, stage, step, total))  # type: ignore[arg-type]
+
+    def info(self) -> dict[str, Any]:
+        import torch
+
+        device: str | None = None
+        dtype: str | None = None
+        if self.pipe is not None:
+            device = str(self.pipe.device)
+            dtype = str(self.pipe.unet.dtype).replace("torch.", "")
+        else:
+            from .model import pick_device
+
+            try:
+                device = str(pick_device(self.default_device))
+            except ValueError:
+                device = self.default_device
+        return {
+            "protocol_version": protocol.PROTOCOL_VERSION,
+            "engine_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": sys.version.split()[0],
+            "pid": os.getpid(),
+            "device": device,
+            "dtype": dtype,
+            "model_loaded": self.pipe is not None,
+            "model_path": None if self.model_key is None else self.model_key[0],
+        }
+
+    def load(self, path: str, device: str, dtype: str) -> None:
+        """Load a checkpoint (kept for every later request); the old model stays if the new one fails."""
+        from .model import CheckpointError, load_pipeline
+
+        key = (str(Path(path).resolve()), device, dtype)
+        if key == self.model_key:
+            return  # already loaded: loading is the expensive part, so it is done once
+        try:
+            pipe = load_pipeline(key[0], device=device, dtype=dtype)
+        except (CheckpointError, ValueError, OSError) as exc:
+            raise RequestFailed(protocol.MODEL_LOAD_FAILED, f"cannot load the model {path}: {_message(exc)}") from None
+        pipe.set_progress_bar_config(disable=True)
+        old, self.pipe, self.model_key = self.pipe, pipe, key
+        if old is not None:
+            del old
+            gc.collect()
+            _empty_device_cache()
+        log.info("loaded %s on %s (%s)", key[0], pipe.device, pipe.unet.dtype)
+
+    def _load_model(self, job: _Job) -> dict[str, Any]:
+        params = job.request.params
+        self._progress(job, "load_model", 0, 1)
+        self.load(params["path"], params["device"], params["dtype"])
+        self._progress(job, "load_model", 1, 1)
+        return self.info()
+
+    def _predict(self, job: _Job) -> dict[str, Any]:
+        import numpy as np
+
+        from .depth_io import write_depth_npy
+        from .image_io import ImageLoadError, load_rgb_image
+
+        started = time.perf_counter()
+        params = job.request.params
+        if self.pipe is None:
+            raise RequestFailed(
+                protocol.MODEL_NOT_LOADED,
+                "no model loaded: send load_model first (or start the worker with --model PATH)",
+            )
+        # 1. Check the inputs before any compute, so a typo costs milliseconds, not a whole prediction
+        self._progress(job, "load_image", 0, 1)
+        try:
+            image = load_rgb_image(params["image"])
+        except ImageLoadError as exc:
+            raise RequestFailed(protocol.BAD_IMAGE, str(exc)) from None
+        self._progress(job, "load_image", 1, 1)
+        output_dir = Path(params["output_dir"])
+        _check_writable(output_dir)
+
+        # 2. Denoise; the step callback reports progress and is where a cancel takes effect
+        def step_callback(step: int, total: int) -> None:
+            job.step = step
+            self._progress(job, "denoise", step, total)
+            if job.cancel.is_set():
+                raise Cancelled()
+
+        out = self.pipe(
+            image,
+            num_inference_steps=params["num_inference_steps"],
+            ensemble_size=params["ensemble_size"],
+            processing_resolution=params["processing_resolution"],
+            seed=params["seed"],
+            timestep_spacing=params["timestep_spacing"],
+            output_uncertainty=params["output_uncertainty"],
+            step_callback=step_callback,
+        )
+        if job.cancel.is_set():
+            raise Cancelled()  # cancelled after the last step: write nothing
+
+        # 3. Write atomically: a reader never sees a half-written file
+        self._progress(job, "save", 0, 1)
+        stem = Path(params["image"]).stem
+        try:
+            depth_path = write_depth_npy(output_dir / f"{stem}_depth.npy", out.depth)
+            uncertainty_path = None
+            if out.uncertainty is not None:
+                uncertainty_path = write_depth_npy(output_dir / f"{stem}_uncertainty.npy", out.uncertainty)
+        except OSError as exc:
+            raise RequestFailed(protocol.OUTPUT_NOT_WRITABLE, f"output_dir {output_dir}: cannot write: {_message(exc)}") from None
+        self._progress(job, "save", 1, 1)
+
+        finite = out.depth[np.isfinite(out.depth)]
+        return {
+            "depth_path": str(depth_path),
+            "uncertainty_path": None if uncertainty_path is None else str(uncertainty_path),
+            "shape": [int(out.depth.shape[0]), int(out.depth.shape[1])],
+            "depth_min": protocol.finite_or_none(finite.min()) if finite.size else None,
+            "depth_max": protocol.finite_or_none(finite.max()) if finite.size else None,
+            "settings": out.settings,
+            "seconds": time.perf_counter() - started,
+        }
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it writable by creating (and removing) a file in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise RequestFailed(
+            protocol.OUTPUT_NOT_WRITABLE, f"output_dir {folder}: cannot create it or write to it ({exc.strerror or exc})"
+        ) from None
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m metricgold_engine.worker",
+        description="MetricGold inference worker: JSON-RPC 2.0, one object a line, on stdin/stdout "
+        "(see docs/protocol.md). Logs go to stderr.",
+    )
+    parser.add_argument("--model", help="checkpoint folder to load at start (else send load_model)")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=protocol.DTYPES, help="auto = float16 on GPUs, float32 on CPU")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        protocol.check_params(protocol.LOAD_MODEL, {"path": "-", "device": args.device, "dtype": args.dtype})
+    except protocol.ProtocolError as exc:
+        print(f"metricgold worker: {exc.message}", file=sys.stderr)
+        return 2
+    requests, replies = claim_protocol_streams()
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="metricgold-worker %(levelname)s: %(message)s")
+    import torch  # noqa: F401  (after the switch: import-time chatter goes to stderr)
+
+    server = WorkerServer(replies, device=args.device, dtype=args.dtype)
+    if args.model:
+        try:
+            server.load(args.model, args.device, args.dtype)
+        except RequestFailed as exc:
+            log.error("%s", exc.message)
+            return 2
+    log.info("ready (pid %d, protocol %d)", os.getpid(), protocol.PROTOCOL_VERSION)
+    return server.serve(requests)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
