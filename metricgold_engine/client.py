@@ -544,7 +544,12 @@ class WorkerClient:
                 if message.is_notification:
                     if on_progress is not None and message.method == protocol.PROGRESS:
                         p = message.params or {}
-                        on_progress(Progress(str(p.get("stage", "")), int(p.get("step", 0)), int(p.get("total", 0))))
+                        try:
+                            on_progress(Progress(str(p.get("stage", "")), int(p.get("step", 0)), int(p.get("total", 0))))
+                        except BaseException:
+                            # The caller's callback failed: its exception wins, and the worker must not go on.
+                            self._send_cancel(conn, request_id)
+                            raise
                     continue
                 if message.error is None:
                     return message.result
@@ -628,6 +633,7 @@ class WorkerClient:
         """Stop the worker: ask it to shut down, kill it if it has not exited within ``timeout`` s. Idempotent;
         may be called from another thread while a prediction runs (it then raises PredictionCancelled or
         ClientClosed)."""
+        self.cancel()  # first, so that a running prediction stops at its next step instead of finishing
         with self._state_lock:
             self._closed = True
             conn, self._conn = self._conn, None
