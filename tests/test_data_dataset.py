@@ -99,9 +99,10 @@ def test_resize_covers_then_centre_crops_with_nearest_depth() -> None:
     np.testing.assert_array_equal(out_depth, depth[np.ix_(rows, cols)])
     assert set(np.unique(out_depth)) <= set(np.unique(depth))  # nothing interpolated
     np.testing.assert_array_equal(out_valid, out_depth > 0)
-    # Intrinsics follow the same geometry: the principal point of a centred camera stays centred.
+    # Intrinsics follow the same geometry: centre 2.5 -> (2.5 + .5) * 1.5 - .5 = 4 in the 9-wide image, minus the
+    # crop's left offset 1 -> 3 (the crop drops 1 column left, 2 right); rows: (1.5 + .5) * 1.5 - .5 = 2.5.
     k = scale_intrinsics({"fx": 5.0, "fy": 5.0, "cx": 2.5, "cy": 1.5}, 4, 6, (6, 6))
-    assert k == pytest.approx({"fx": 7.5, "fy": 7.5, "cx": 2.5, "cy": 2.5})
+    assert k == pytest.approx({"fx": 7.5, "fy": 7.5, "cx": 3.0, "cy": 2.5})
 
 
 def test_training_resolution_of_real_aspect_ratios(three_sets: list[DatasetSpec]) -> None:
