@@ -1,0 +1,27 @@
+"""MetricGold for Blender: a photo in, a mesh (or point cloud) in metres and a matching camera out.
+
+The add-on never imports torch: predictions run in a worker process (the Python set in the preferences) reached
+through ``metricgold_engine.client``; mesh building uses the torch-free ``metricgold_engine.geometry`` and
+``depth_io`` (vendored inside the extension zip by ``build.py``). User guide: docs/blender.md.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from . import jobs, operators, preferences, ui
+
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(
+    (*preferences.classes, *operators.classes, *ui.classes)
+)
+
+
+def register() -> None:
+    _register_classes()
+    ui.register_menus()
+
+
+def unregister() -> None:
+    ui.unregister_menus()
+    _unregister_classes()
+    jobs.close_all_clients()  # no worker outlives the add-on

@@ -1,0 +1,472 @@
+"""Operators: Image -> Metric Depth Mesh / Point Cloud (through the worker, modal) and Depth Map -> Mesh (no worker).
+
+Operators are thin: they validate, call :mod:`.mesh_builder` / :mod:`.jobs`, and ``self.report`` one clear message.
+The modal work lives in :class:`DepthTask`, a plain class whose :meth:`DepthTask.step` the modal timer calls; the
+``synchronous`` option (scripts, tests, background mode) drives the very same ``step`` in a loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProperty, IntProperty, StringProperty
+
+from . import jobs, mesh_builder
+from .engine import depth_io, geometry
+from .preferences import Settings, check_worker_python, get_settings
+
+IMAGE_FILTER = "*.png;*.jpg;*.jpeg;*.tif;*.tiff;*.bmp;*.webp"
+DEPTH_FILTER = "*.npy;*.exr;*.png"
+#: Formats the worker (Pillow) reads; other images are saved as PNG before they are sent.
+WORKER_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
+
+Report = Callable[[set[str], str], None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared options
+
+
+class GeometryOptions:
+    """Options shared by all three operators (Blender collects annotations of mixins)."""
+
+    intrinsics_mode: EnumProperty(  # type: ignore[valid-type]
+        name="Camera",
+        items=[
+            ("AUTO", "From Photo", "EXIF 35 mm focal length when the photo has one, else a "
+             f"{geometry.DEFAULT_HORIZONTAL_FOV_DEG:g} degree horizontal field of view"),
+            ("FOV", "Field of View", "A horizontal field of view, principal point at the centre"),
+            ("INTRINSICS", "Intrinsics", "fx, fy, cx, cy in pixels of the photo (OpenCV convention)"),
+        ],
+        default="AUTO",
+    )
+    fov: FloatProperty(  # type: ignore[valid-type]
+        name="Horizontal FOV", description="Horizontal field of view of the photo",
+        default=math.radians(geometry.DEFAULT_HORIZONTAL_FOV_DEG), min=math.radians(1.0), max=math.radians(179.0),
+        subtype="ANGLE")
+    fx: FloatProperty(name="fx", description="Focal length in pixels (x)", default=1000.0, min=1e-3)  # type: ignore[valid-type]
+    fy: FloatProperty(name="fy", description="Focal length in pixels (y)", default=1000.0, min=1e-3)  # type: ignore[valid-type]
+    cx: FloatProperty(name="cx", description="Principal point x in pixels (0 = centre of the first pixel)", default=0.0)  # type: ignore[valid-type]
+    cy: FloatProperty(name="cy", description="Principal point y in pixels (0 = centre of the first pixel)", default=0.0)  # type: ignore[valid-type]
+    stride: IntProperty(  # type: ignore[valid-type]
+        name="Stride", description="Use every n-th pixel in both directions (smaller meshes for large photos)",
+        default=1, min=1, max=64)
+    cut_discontinuities: BoolProperty(  # type: ignore[valid-type]
+        name="Cut at Depth Jumps", description="Leave out faces across depth discontinuities (object outlines)",
+        default=True)
+    max_relative_jump: FloatProperty(  # type: ignore[valid-type]
+        name="Jump Threshold",
+        description="Cut a face when its corners' depths differ by more than this fraction of the nearest one",
+        default=0.05, min=0.0, max=10.0, subtype="FACTOR")
+    shading: EnumProperty(  # type: ignore[valid-type]
+        name="Material",
+        items=[("EMISSION", "Photo (unlit)", "Shows the photo exactly as it is"),
+               ("PRINCIPLED", "Lit Surface", "Principled BSDF with the photo as base colour, lit by the scene")],
+        default="EMISSION")
+    point_size: FloatProperty(  # type: ignore[valid-type]
+        name="Point Size", description="Point radius relative to the pixel's footprint", default=1.0, min=0.01,
+        max=100.0)
+    location: FloatVectorProperty(  # type: ignore[valid-type]
+        name="Location", description="Where the camera goes (metres)", size=3, default=(0.0, 0.0, 0.0),
+        subtype="TRANSLATION", options={"HIDDEN", "SKIP_SAVE"})
+
+    def build_options(self, point_cloud: bool) -> mesh_builder.BuildOptions:
+        return mesh_builder.BuildOptions(
+            point_cloud=point_cloud,
+            stride=self.stride,
+            max_relative_jump=self.max_relative_jump if self.cut_discontinuities else None,
+            shading=self.shading,
+            point_size=self.point_size,
+            location=tuple(self.location),  # type: ignore[arg-type]
+        )
+
+    def resolve_intrinsics(self, width: int, height: int, photo_path: str | None) -> tuple[Any, str]:
+        if self.intrinsics_mode == "INTRINSICS":
+            return geometry.resolve_intrinsics(width, height, intrinsics=(self.fx, self.fy, self.cx, self.cy))
+        if self.intrinsics_mode == "FOV":
+            return geometry.resolve_intrinsics(width, height, fov_deg=math.degrees(self.fov))
+        focal = geometry.focal_35mm_from_exif(photo_path) if photo_path else None
+        return geometry.resolve_intrinsics(width, height, focal_35mm=focal)
+
+    def draw_geometry(self, layout: Any, point_cloud: bool) -> None:
+        layout.prop(self, "intrinsics_mode")
+        if self.intrinsics_mode == "FOV":
+            layout.prop(self, "fov")
+        elif self.intrinsics_mode == "INTRINSICS":
+            col = layout.column(align=True)
+            for name in ("fx", "fy", "cx", "cy"):
+                col.prop(self, name)
+        layout.prop(self, "stride")
+        if point_cloud:
+            layout.prop(self, "point_size")
+        else:
+            layout.prop(self, "cut_discontinuities")
+            if self.cut_discontinuities:
+                layout.prop(self, "max_relative_jump")
+            layout.prop(self, "shading")
+
+
+def _object_name(path: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    return f"MetricGold {stem}"
+
+
+def _existing_file(path: str, what: str) -> str:
+    path = bpy.path.abspath(path) if path else ""
+    if not path:
+        raise mesh_builder.BuildError(f"no {what} given")
+    if not os.path.isfile(path):
+        raise mesh_builder.BuildError(f"{what} not found: {path}")
+    return path
+
+
+def image_file_for_worker(image: Any, tmp_dir: str) -> str:
+    """A file the worker can read holding ``image``: its own file when saved and unchanged, else a PNG copy."""
+    path = bpy.path.abspath(image.filepath) if image.filepath else ""
+    if (image.source == "FILE" and image.packed_file is None and not image.is_dirty and os.path.isfile(path)
+            and image.file_format in WORKER_FORMATS):
+        return path
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", image.name) or "image"
+    out = os.path.join(tmp_dir, f"{safe}.png")
+    copy = image.copy()
+    try:
+        copy.file_format = "PNG"
+        copy.save(filepath=out)
+    except RuntimeError as e:
+        raise mesh_builder.BuildError(f"cannot hand image '{image.name}' to the worker: {e}") from e
+    finally:
+        bpy.data.images.remove(copy)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The modal task
+
+
+class DepthTask:
+    """One image through the worker and into the scene; :meth:`step` is called until it leaves RUNNING_MODAL."""
+
+    def __init__(
+        self,
+        *,
+        image_name: str,
+        photo_path: str,
+        settings: Settings,
+        predict_options: dict[str, Any],
+        build_options: mesh_builder.BuildOptions,
+        resolve_intrinsics: Callable[[int, int, str | None], tuple[Any, str]],
+        name: str,
+        created: mesh_builder.Created,
+        report: Report,
+    ) -> None:
+        self.image_name = image_name
+        self.photo_path = photo_path
+        self.settings = settings
+        self.build_options = build_options
+        self.resolve_intrinsics = resolve_intrinsics
+        self.name = name
+        self.created = created
+        self.report = report
+        self.out_dir = tempfile.mkdtemp(prefix="metricgold-", dir=bpy.app.tempdir or None)
+        worker_image = image_file_for_worker(bpy.data.images[image_name], self.out_dir)
+        self.job = jobs.PredictionJob(
+            lambda: jobs.shared_client(settings.python, settings.model, settings.device),
+            worker_image, self.out_dir, predict_options,
+        )
+        self.result: mesh_builder.BuildResult | None = None
+        self._progress_shown = False
+
+    def start(self, context: Any) -> None:
+        self.job.start()
+        self._show_progress(context)
+
+    # progress UI (no-ops without a window, as in background mode)
+    def _show_progress(self, context: Any) -> None:
+        if bpy.app.background or context.window is None:
+            return
+        wm = context.window_manager
+        if not self._progress_shown:
+            wm.progress_begin(0, 100)
+            self._progress_shown = True
+        wm.progress_update(int(100 * self.job.fraction))
+        if context.workspace is not None:
+            context.workspace.status_text_set(self.job.status_text)
+        if context.area is not None:
+            context.area.header_text_set(self.job.status_text)
+
+    def _clear_progress(self, context: Any) -> None:
+        if not self._progress_shown:
+            return
+        self._progress_shown = False
+        context.window_manager.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+        if context.area is not None:
+            context.area.header_text_set(None)
+
+    def cancel(self, context: Any) -> set[str]:
+        """Esc: cancel the worker's request and leave the scene as it was."""
+        self.job.cancel()
+        self._clear_progress(context)
+        self.created.remove_all()
+        self.report({"WARNING"}, "MetricGold: cancelled")
+        return {"CANCELLED"}
+
+    def step(self, context: Any) -> set[str]:
+        job = self.job
+        if not job.finished:
+            self._show_progress(context)
+            return {"RUNNING_MODAL"}
+        self._clear_progress(context)
+        if job.state == "cancelled":
+            self.created.remove_all()
+            self.report({"WARNING"}, "MetricGold: cancelled")
+            return {"CANCELLED"}
+        if job.state == "failed":
+            self.created.remove_all()
+            error = job.error
+            print(f"MetricGold: prediction failed: {error!r}")
+            self.report({"ERROR"}, f"MetricGold: {error}")
+            return {"CANCELLED"}
+        return self._build(context)
+
+    def _build(self, context: Any) -> set[str]:
+        result = self.job.result
+        image = bpy.data.images.get(self.image_name)
+        if image is None:
+            self.created.remove_all()
+            self.report({"ERROR"}, f"MetricGold: the image '{self.image_name}' was removed during the prediction")
+            return {"CANCELLED"}
+        try:
+            width, height = mesh_builder.image_size(image)
+            k, source = self.resolve_intrinsics(width, height, self.photo_path)
+            self.result = mesh_builder.build_depth_scene(
+                context, result.depth, k, name=self.name, image=image, uncertainty=result.uncertainty,
+                options=self.build_options, created=self.created,
+            )
+        except (mesh_builder.BuildError, ValueError) as e:
+            self.report({"ERROR"}, f"MetricGold: {e}")
+            return {"CANCELLED"}
+        what = "points" if self.build_options.point_cloud else "vertices"
+        self.report({"INFO"}, f"MetricGold: {self.name}: {self.result.vertex_count} {what}, camera from {source}, "
+                              f"depth {result.depth_path}")
+        return {"FINISHED"}
+
+
+class _ImageToDepth(GeometryOptions):
+    """Shared body of the two worker operators (``point_cloud`` tells them apart)."""
+
+    point_cloud = False
+
+    filepath: StringProperty(  # type: ignore[valid-type]
+        name="Image", description="Photo to estimate depth for (empty: the Image Editor's image)", subtype="FILE_PATH",
+        options={"SKIP_SAVE"})
+    filter_glob: StringProperty(default=IMAGE_FILTER, options={"HIDDEN"})  # type: ignore[valid-type]
+    image_name: StringProperty(  # type: ignore[valid-type]
+        name="Blender Image", description="An image already in the file (set from the Image Editor)",
+        options={"HIDDEN", "SKIP_SAVE"})
+    steps: IntProperty(name="Steps", description="Denoising steps (0: preferences)", default=0, min=0)  # type: ignore[valid-type]
+    ensemble: IntProperty(name="Ensemble", description="Ensemble size (0: preferences)", default=0, min=0)  # type: ignore[valid-type]
+    processing_resolution: IntProperty(  # type: ignore[valid-type]
+        name="Processing Resolution", description="-2: preferences, -1: model default, 0: the image's own",
+        default=-2, min=-2)
+    worker_python: StringProperty(  # type: ignore[valid-type]
+        name="Worker Python", description="Override the preferences' worker Python", subtype="FILE_PATH",
+        options={"HIDDEN", "SKIP_SAVE"})
+    model_dir: StringProperty(  # type: ignore[valid-type]
+        name="Model Folder", description="Override the preferences' model folder", subtype="DIR_PATH",
+        options={"HIDDEN", "SKIP_SAVE"})
+    synchronous: BoolProperty(  # type: ignore[valid-type]
+        name="Synchronous", description="Block until done (scripts and background mode)", default=False,
+        options={"HIDDEN", "SKIP_SAVE"})
+
+    _task: DepthTask | None = None
+    _timer: Any = None
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if not self.filepath and not self.image_name:
+            space = context.space_data
+            if space is not None and space.type == "IMAGE_EDITOR" and space.image is not None:
+                self.image_name = space.image.name
+            else:
+                context.window_manager.fileselect_add(self)  # type: ignore[arg-type]
+                return {"RUNNING_MODAL"}
+        return self.execute(context)
+
+    def _settings(self, context: Any) -> Settings:
+        s = get_settings(context)
+        return Settings(
+            self.worker_python or s.python_executable, self.model_dir or s.model_dir, s.device, s.steps, s.ensemble,
+            s.processing_resolution, s.seed,
+        )
+
+    def execute(self, context: Any) -> set[str]:
+        settings = self._settings(context)
+        problem = check_worker_python(settings)
+        if problem:
+            self.report({"ERROR"}, problem)  # type: ignore[attr-defined]
+            return {"CANCELLED"}
+        created = mesh_builder.Created()
+        try:
+            if self.filepath:
+                photo_path = _existing_file(self.filepath, "image")
+                image = mesh_builder.load_image(photo_path, created)
+            else:
+                image = bpy.data.images.get(self.image_name) if self.image_name else None
+                if image is None:
+                    raise mesh_builder.BuildError(
+                        f"no image: '{self.image_name}' is not in this file" if self.image_name
+                        else "no image: open one in the Image Editor or choose a file")
+                mesh_builder.image_size(image)
+                photo_path = bpy.path.abspath(image.filepath) if image.filepath else ""
+            self._task = DepthTask(
+                image_name=image.name, photo_path=photo_path, settings=settings,
+                predict_options=settings.predict_options(self.steps, self.ensemble, self.processing_resolution),
+                build_options=self.build_options(self.point_cloud), resolve_intrinsics=self.resolve_intrinsics,
+                name=_object_name(photo_path or image.name), created=created, report=self.report,  # type: ignore[attr-defined]
+            )
+        except mesh_builder.BuildError as e:
+            created.remove_all()
+            self.report({"ERROR"}, f"MetricGold: {e}")  # type: ignore[attr-defined]
+            return {"CANCELLED"}
+        self._task.start(context)
+        if self.synchronous or bpy.app.background or context.window is None:
+            return self._run_blocking(context)
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.modal_handler_add(self)  # type: ignore[arg-type]
+        return {"RUNNING_MODAL"}
+
+    def _run_blocking(self, context: Any) -> set[str]:
+        assert self._task is not None
+        try:
+            while (state := self._task.step(context)) == {"RUNNING_MODAL"}:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            return self._task.cancel(context)
+        return state
+
+    def modal(self, context: Any, event: Any) -> set[str]:
+        assert self._task is not None
+        if event.type == "ESC":
+            self._end(context)
+            return self._task.cancel(context)
+        if event.type == "TIMER":
+            state = self._task.step(context)
+            if state != {"RUNNING_MODAL"}:
+                self._end(context)
+            return state
+        return {"PASS_THROUGH"}  # the UI stays usable while the worker runs
+
+    def _end(self, context: Any) -> None:
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout  # type: ignore[attr-defined]
+        col = layout.column()
+        row = col.row(align=True)
+        row.prop(self, "steps")
+        row.prop(self, "ensemble")
+        col.prop(self, "processing_resolution")
+        self.draw_geometry(col, self.point_cloud)
+
+
+class METRICGOLD_OT_image_to_depth_mesh(_ImageToDepth, bpy.types.Operator):
+    """Estimate metric depth of a photo and build a mesh in metres with a camera that sees it as the photo did"""
+
+    bl_idname = "metricgold.image_to_depth_mesh"
+    bl_label = "Metric Depth Mesh"
+    bl_options = {"REGISTER", "UNDO"}
+
+
+class METRICGOLD_OT_image_to_point_cloud(_ImageToDepth, bpy.types.Operator):
+    """Estimate metric depth of a photo and build a coloured point cloud in metres, with its camera"""
+
+    bl_idname = "metricgold.image_to_point_cloud"
+    bl_label = "Metric Depth Point Cloud"
+    bl_options = {"REGISTER", "UNDO"}
+
+    point_cloud = True
+
+    stride: IntProperty(  # type: ignore[valid-type]
+        name="Stride", description="Keep every n-th pixel in both directions", default=2, min=1, max=64)
+
+
+class METRICGOLD_OT_depth_map_to_mesh(GeometryOptions, bpy.types.Operator):
+    """Build a mesh in metres, with its camera, from an existing depth file (.npy, .exr, 16-bit PNG in mm)"""
+
+    bl_idname = "metricgold.depth_map_to_mesh"
+    bl_label = "Depth Map to Mesh"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(  # type: ignore[valid-type]
+        name="Depth File", description="Depth in metres (.npy, .exr) or 16-bit PNG in millimetres",
+        subtype="FILE_PATH", options={"SKIP_SAVE"})
+    filter_glob: StringProperty(default=DEPTH_FILTER, options={"HIDDEN"})  # type: ignore[valid-type]
+    image_path: StringProperty(  # type: ignore[valid-type]
+        name="Photo", description="Optional photo for the texture and camera (same aspect as the depth)",
+        subtype="FILE_PATH", options={"SKIP_SAVE"})
+    uncertainty_path: StringProperty(  # type: ignore[valid-type]
+        name="Uncertainty", description="Optional uncertainty map (metres, .npy/.exr)", subtype="FILE_PATH",
+        options={"SKIP_SAVE"})
+    point_cloud: BoolProperty(name="Point Cloud", description="Points instead of faces", default=False)  # type: ignore[valid-type]
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if self.filepath:
+            return self.execute(context)
+        context.window_manager.fileselect_add(self)  # type: ignore[arg-type]
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context: Any) -> set[str]:
+        created = mesh_builder.Created()
+        try:
+            depth_path = _existing_file(self.filepath, "depth file")
+            depth = mesh_builder.read_depth_file(depth_path)
+            uncertainty = None
+            if self.uncertainty_path:
+                uncertainty = mesh_builder.read_depth_file(_existing_file(self.uncertainty_path, "uncertainty file"))
+                uncertainty = np.nan_to_num(uncertainty, nan=0.0)
+            image = photo_path = None
+            if self.image_path:
+                photo_path = _existing_file(self.image_path, "photo")
+                image = mesh_builder.load_image(photo_path, created)
+                width, height = mesh_builder.image_size(image)
+                hd, wd = depth.shape
+                if abs(width / height - wd / hd) > 0.01 * (wd / hd):
+                    raise mesh_builder.BuildError(
+                        f"{photo_path} is {width} x {height} but the depth {depth_path} is {wd} x {hd}: "
+                        "different aspect ratios")
+            else:
+                height, width = depth.shape
+            k, source = self.resolve_intrinsics(width, height, photo_path)
+            result = mesh_builder.build_depth_scene(
+                context, depth, k, name=_object_name(photo_path or depth_path), image=image, uncertainty=uncertainty,
+                options=self.build_options(self.point_cloud), created=created,
+            )
+        except (mesh_builder.BuildError, depth_io.DepthFileError, ValueError) as e:
+            created.remove_all()
+            self.report({"ERROR"}, f"MetricGold: {e}")
+            return {"CANCELLED"}
+        what = "points" if self.point_cloud else "vertices"
+        self.report({"INFO"}, f"MetricGold: {result.object.name}: {result.vertex_count} {what}, camera from {source}")
+        return {"FINISHED"}
+
+    def draw(self, context: Any) -> None:
+        col = self.layout.column()
+        col.prop(self, "image_path")
+        col.prop(self, "uncertainty_path")
+        col.prop(self, "point_cloud")
+        self.draw_geometry(col, self.point_cloud)
+
+
+classes = (METRICGOLD_OT_image_to_depth_mesh, METRICGOLD_OT_image_to_point_cloud, METRICGOLD_OT_depth_map_to_mesh)

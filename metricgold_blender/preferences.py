@@ -1,0 +1,171 @@
+"""Add-on preferences: where the worker's Python and the model are, and the prediction defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import bpy
+from bpy.props import EnumProperty, IntProperty, StringProperty
+
+from . import jobs
+from .engine import ENGINE_VERSION
+
+#: The add-on's package name: "metricgold_blender" in a checkout, "bl_ext.<repo>.metricgold" as an extension.
+ADDON_ID = __package__ or "metricgold_blender"
+
+DEVICE_ITEMS = [
+    ("auto", "Automatic", "CUDA if present, then Apple MPS, else the CPU"),
+    ("cuda", "CUDA", "An NVIDIA GPU"),
+    ("mps", "Apple MPS", "Apple silicon GPU"),
+    ("cpu", "CPU", "Slow, but works everywhere"),
+]
+
+SETUP_STEPS = (
+    "MetricGold runs its model in a separate Python (Blender's own has no PyTorch):",
+    "1. Make an environment with Python 3.11+:   python3 -m venv ~/metricgold-env",
+    "2. Install MetricGold there:   ~/metricgold-env/bin/python -m pip install metricgold",
+    "   (from a source checkout:   ~/metricgold-env/bin/python -m pip install -e /path/to/MetricGold)",
+    "3. Set 'Worker Python' below to that environment's python (Windows: metricgold-env\\Scripts\\python.exe)",
+    "4. Optionally set 'Model folder' to a MetricGold checkpoint, then press 'Test worker'.",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A snapshot of the preferences (also used where the add-on is not enabled, e.g. scripts)."""
+
+    python_executable: str = ""
+    model_dir: str = ""
+    device: str = "auto"
+    steps: int = 0
+    ensemble: int = 0
+    processing_resolution: int = -1
+    seed: int = 0
+
+    @property
+    def model(self) -> str | None:
+        """The model folder, or None for the engine's built-in default model."""
+        path = bpy.path.abspath(self.model_dir) if self.model_dir else ""
+        return os.path.normpath(path) if path else None
+
+    @property
+    def python(self) -> str:
+        return bpy.path.abspath(self.python_executable) if self.python_executable else ""
+
+    def predict_options(self, steps: int = 0, ensemble: int = 0, processing_resolution: int = -2) -> dict[str, Any]:
+        """Keyword options for ``WorkerClient.predict``; operator values override, 0/-1 mean "model default"."""
+        steps = steps or self.steps
+        ensemble = ensemble or self.ensemble
+        res = self.processing_resolution if processing_resolution == -2 else processing_resolution
+        return {
+            "num_inference_steps": steps or None,
+            "ensemble_size": ensemble or None,
+            "processing_resolution": None if res < 0 else res,
+            "seed": None if self.seed < 0 else self.seed,
+            "output_uncertainty": True,
+        }
+
+
+def get_settings(context: Any) -> Settings:
+    addon = context.preferences.addons.get(ADDON_ID)
+    if addon is None or addon.preferences is None:
+        return Settings()
+    p = addon.preferences
+    return Settings(p.python_executable, p.model_dir, p.device, p.steps, p.ensemble, p.processing_resolution, p.seed)
+
+
+def check_worker_python(settings: Settings) -> str | None:
+    """An error message when the configured worker Python cannot be used, else None."""
+    python = settings.python
+    if not python:
+        return ("MetricGold: no worker Python set. Open Preferences > Add-ons > MetricGold and set 'Worker Python' "
+                "to the python of an environment with MetricGold installed.")
+    if not os.path.isfile(python):
+        return f"MetricGold: worker Python not found: {python} (Preferences > Add-ons > MetricGold)"
+    if not os.access(python, os.X_OK):
+        return f"MetricGold: worker Python is not executable: {python}"
+    model = settings.model
+    if model is not None and not os.path.isdir(model):
+        return f"MetricGold: model folder not found: {model}"
+    return None
+
+
+class METRICGOLD_OT_test_worker(bpy.types.Operator):
+    """Start the worker with the settings above and show its engine version, device and model"""
+
+    bl_idname = "metricgold.test_worker"
+    bl_label = "Test worker"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context: Any) -> set[str]:
+        settings = get_settings(context)
+        problem = check_worker_python(settings)
+        if problem:
+            self.report({"ERROR"}, problem)
+            return {"CANCELLED"}
+        try:
+            client = jobs.shared_client(settings.python, settings.model, settings.device)
+            info = client.hello()
+        except Exception as e:  # every failure is the user's to read
+            self.report({"ERROR"}, f"MetricGold worker failed: {e}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, describe_worker(info))
+        return {"FINISHED"}
+
+
+def describe_worker(info: dict[str, Any]) -> str:
+    model = info.get("model") or info.get("model_path") or "no model loaded (the engine's default is used)"
+    if isinstance(model, dict):
+        model = model.get("path") or model.get("name") or model
+    return (f"MetricGold worker OK: engine {info.get('engine_version', '?')}, device {info.get('device', '?')}, "
+            f"model {model}")
+
+
+class MetricGoldPreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    python_executable: StringProperty(  # type: ignore[valid-type]
+        name="Worker Python",
+        description="Python executable of an environment where MetricGold (with PyTorch) is installed",
+        subtype="FILE_PATH",
+    )
+    model_dir: StringProperty(  # type: ignore[valid-type]
+        name="Model folder",
+        description="A MetricGold checkpoint folder (model_index.json inside); empty: the engine's default model",
+        subtype="DIR_PATH",
+    )
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")  # type: ignore[valid-type]
+    steps: IntProperty(  # type: ignore[valid-type]
+        name="Steps", description="Denoising steps (0: the model's default)", default=0, min=0, max=1000)
+    ensemble: IntProperty(  # type: ignore[valid-type]
+        name="Ensemble", description="Predictions averaged per image (0: the model's default)", default=0, min=0,
+        max=64)
+    processing_resolution: IntProperty(  # type: ignore[valid-type]
+        name="Processing resolution",
+        description="Longest side the model works at (-1: the model's default, 0: the image's own resolution)",
+        default=-1, min=-1, max=8192)
+    seed: IntProperty(  # type: ignore[valid-type]
+        name="Seed", description="Noise seed, for repeatable results (-1: random)", default=0, min=-1)
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        box = layout.box()
+        for line in SETUP_STEPS:
+            box.label(text=line)
+        layout.prop(self, "python_executable")
+        layout.prop(self, "model_dir")
+        layout.prop(self, "device")
+        row = layout.row()
+        row.prop(self, "steps")
+        row.prop(self, "ensemble")
+        row = layout.row()
+        row.prop(self, "processing_resolution")
+        row.prop(self, "seed")
+        row = layout.row()
+        row.operator(METRICGOLD_OT_test_worker.bl_idname, icon="PLAY")
+        row.label(text=f"Add-on engine {ENGINE_VERSION}")
+
+
+classes = (METRICGOLD_OT_test_worker, MetricGoldPreferences)
