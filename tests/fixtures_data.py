@@ -214,11 +214,12 @@ def make_folder(
 
 def make_nyuv2(root: Path, n: int = 2, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Marigold's extracted layout at full 480 x 640: test/SCENE/rgb_NNNN.png + depth_NNNN.png (uint16 mm).
-    Depth rises smoothly 1..9 m left to right; a 0 (invalid) block at the top left. Returns {rel rgb: (rgb, m)}."""
+    Depth rises 1..8 m left to right, times (1 + 0.1 i) for image i; a 0 (invalid) block at the top left.
+    Returns {rgb path relative to root: (rgb, depth in metres)}."""
     rng = np.random.default_rng(seed)
     out = {}
     h, w = 480, 640
-    base_depth = np.tile(np.linspace(1.0, 9.0, w, dtype=np.float64), (h, 1))
+    base_depth = np.tile(np.linspace(1.0, 8.0, w, dtype=np.float64), (h, 1))
     for i in range(n):
         scene = "bathroom" if i % 2 == 0 else "kitchen"
         folder = root / "test" / scene
