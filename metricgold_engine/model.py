@@ -249,7 +249,7 @@ def make_tiny_stable_diffusion(path: str | os.PathLike[str], seed: int = 0, size
     vocab.update({chr(i) + "</w>": len(vocab) + i - 33 for i in range(33, 127)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)  # SD2: 77 tokens
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,

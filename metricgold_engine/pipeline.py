@@ -233,17 +233,9 @@ class MetricGoldPipeline(DiffusionPipeline):
         # 7. Metres, then the ensemble reduced in log-depth space
         normalized = torch.cat(members).cpu().numpy().astype(np.float64)
         depth_members = denormalize_depth(normalized, cfg.depth_min, cfg.depth_max, cfg.depth_normalization)
-        log_members = np.log(depth_members)
-        if ensemble_reduction == "median":
-            log_depth = np.median(log_members, axis=0)
-        else:
-            log_depth = log_members.mean(axis=0)
-        uncertainty = None
-        if output_uncertainty and ensemble_size > 1:
-            if ensemble_reduction == "median":
-                uncertainty = MAD_TO_STD * np.median(np.abs(depth_members - np.exp(log_depth)), axis=0)
-            else:
-                uncertainty = depth_members.std(axis=0)
+        log_depth, uncertainty = ensemble_log_depth(
+            depth_members, ensemble_reduction, with_uncertainty=output_uncertainty and ensemble_size > 1
+        )
 
         # 8. Back to the input resolution (bilinear in log depth, so edges interpolate geometrically)
         out_size = input_size if match_input_resolution else (h, w)
@@ -271,6 +263,26 @@ class MetricGoldPipeline(DiffusionPipeline):
             "dtype": str(self.unet.dtype).replace("torch.", ""),
         }
         return MetricGoldDepthOutput(depth=depth, uncertainty=uncertainty, settings=settings)
+
+
+def ensemble_log_depth(
+    depth_members: np.ndarray, reduction: str = "median", with_uncertainty: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reduce ensemble members [E,H,W] (metres) in log-depth space -> (log depth [H,W], uncertainty [H,W] or None).
+
+    The median in log space is the median in metres (log is monotone); the mean in log space is the geometric mean,
+    right for depth, whose errors are multiplicative. Uncertainty, in metres: the members' standard deviation
+    (``mean``) or 1.4826 x their median absolute deviation from the result (``median``).
+    """
+    if reduction not in ENSEMBLE_REDUCTIONS:
+        raise ValueError(f"ensemble_reduction must be one of {ENSEMBLE_REDUCTIONS}, got {reduction!r}")
+    log_members = np.log(depth_members)
+    log_depth = np.median(log_members, axis=0) if reduction == "median" else log_members.mean(axis=0)
+    if not with_uncertainty:
+        return log_depth, None
+    if reduction == "median":
+        return log_depth, MAD_TO_STD * np.median(np.abs(depth_members - np.exp(log_depth)), axis=0)
+    return log_depth, depth_members.std(axis=0)
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
