@@ -1,0 +1,184 @@
+"""The generator: sample a scene per frame, render it with Blender, write the plain folder format.
+
+``generate(...)`` is what ``python -m trainer.synth`` runs. Frame ``i`` of a run with seed ``s`` depends on
+``(s, i)`` and the frame-defining settings only, so frames can be rendered in any order, by several processes
+(``--start``), and a killed run resumes where it stopped: frames whose files all exist are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metricgold_engine.depth_io import atomic_write, write_depth_exr, write_depth_npy
+
+from .camera import CameraIntrinsics, blender_camera_intrinsics
+from .output import (
+    DEPTH_FORMATS,
+    check_or_write_manifest,
+    frame_done,
+    frame_name,
+    frame_paths,
+    write_intrinsics_json,
+    write_splits,
+)
+from .scenes import SCENE_KINDS, SceneSpec, mesh_files_in, sample_scene
+
+__all__ = ["GenerateStats", "camera_intrinsics", "generate", "parse_resolution", "render_scene_to_files"]
+
+#: Bumped when a change to the sampler or the renderer changes what a frame looks like (checked on resume).
+GENERATOR_VERSION = 1
+
+
+@dataclass
+class GenerateStats:
+    rendered: int
+    skipped: int
+    seconds: float
+    device: str
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.seconds / self.rendered if self.rendered else 0.0
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"256x192"`` -> ``(256, 192)`` (width, height)."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        w, h = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise ValueError(f"--resolution must look like WIDTHxHEIGHT (e.g. 256x192), got {text!r}") from None
+    if w < 8 or h < 8 or w > 8192 or h > 8192:
+        raise ValueError(f"--resolution {text}: width and height must be between 8 and 8192 pixels")
+    return w, h
+
+
+def camera_intrinsics(spec: SceneSpec, width: int, height: int) -> CameraIntrinsics:
+    """The intrinsics of the camera :func:`~trainer.synth.blender_scene.build_scene` makes for ``spec``."""
+    return blender_camera_intrinsics(
+        lens_mm=spec.camera.lens_mm,
+        width=width,
+        height=height,
+        sensor_width_mm=spec.camera.sensor_width_mm,
+        sensor_fit="HORIZONTAL",
+    )
+
+
+def render_scene_to_files(
+    spec: SceneSpec,
+    paths: dict[str, Path],
+    settings: Any,
+    device_type: str = "CPU",
+    depth_format: str = "npy",
+) -> None:
+    """Build and render ``spec``, then write depth, intrinsics and (last) RGB to ``paths`` atomically."""
+    from . import blender_scene  # bpy: imported only when rendering
+
+    for p in paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    scene = blender_scene.build_scene(spec, settings, device_type)
+    intrinsics = camera_intrinsics(spec, settings.width, settings.height)
+    # The RGB file stays a hidden temporary file until depth and intrinsics are in place: its rename marks the
+    # frame complete.
+    with atomic_write(paths["rgb"]) as tmp_rgb:
+        depth = blender_scene.render_frame(scene, tmp_rgb, scratch_dir=paths["depth"].parent)
+        if depth.shape != (settings.height, settings.width):
+            raise RuntimeError(f"Blender rendered depth of shape {depth.shape}, expected "
+                               f"{(settings.height, settings.width)}")
+        (write_depth_npy if depth_format == "npy" else write_depth_exr)(paths["depth"], depth)
+        write_intrinsics_json(paths["intrinsics"], intrinsics.as_json())
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of a killed run (hidden ``.NAME.*.tmp.*`` files) are never renamed: remove them."""
+    for sub in ("rgb", "depth", "intrinsics"):
+        folder = out / sub
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith(".") and ".tmp" in p.name:
+                    p.unlink(missing_ok=True)
+
+
+def generate(
+    out: str | os.PathLike[str],
+    count: int,
+    *,
+    width: int = 256,
+    height: int = 192,
+    seed: int = 0,
+    start: int = 0,
+    samples: int = 8,
+    denoise: str = "fast",
+    kinds: tuple[str, ...] = SCENE_KINDS,
+    mesh_dir: str | os.PathLike[str] | None = None,
+    depth_format: str = "npy",
+    val_fraction: float = 0.05,
+    device: str = "auto",
+    threads: int = 0,
+    progress: bool = True,
+) -> GenerateStats:
+    """Render frames ``start .. start + count - 1`` into ``out`` (skipping complete ones) and rewrite the splits
+    over every complete frame in ``out``."""
+    from tqdm.auto import tqdm
+
+    from . import blender_scene  # bpy: imported only when rendering
+
+    if count < 0 or start < 0 or seed < 0:
+        raise ValueError(f"--count, --start and --seed must be non-negative, got {count}, {start}, {seed}")
+    if depth_format not in DEPTH_FORMATS:
+        raise ValueError(f"--depth-format must be one of {', '.join(DEPTH_FORMATS)}, got {depth_format!r}")
+    for k in kinds:
+        if k not in SCENE_KINDS:
+            raise ValueError(f"--kinds: unknown scene kind {k!r}; expected some of {', '.join(SCENE_KINDS)}")
+    if not 0.0 <= val_fraction <= 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1], got {val_fraction}")
+    settings = blender_scene.RenderSettings(width, height, samples=samples, denoise=denoise, device=device,
+                                            threads=threads)
+    mesh_files = mesh_files_in(mesh_dir) if mesh_dir is not None else ()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    check_or_write_manifest(out, {
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "samples": samples,
+        "denoise": denoise,
+        "kinds": list(kinds),
+        "mesh_files": [str(Path(m).resolve()) for m in mesh_files],
+        "depth_format": depth_format,
+        "val_fraction": val_fraction,
+    })
+    _remove_stale_temporaries(out)
+    device_type = blender_scene.select_device(device)
+
+    indices = range(start, start + count)
+    todo = [i for i in indices if not frame_done(out, frame_name(i), depth_format)]
+    skipped = count - len(todo)
+    t0 = time.perf_counter()
+    bar = tqdm(total=count, initial=skipped, unit="frame", desc=f"synth {out.name}", disable=not progress)
+    try:
+        for i in todo:
+            name = frame_name(i)
+            spec = sample_scene(seed, i, kinds=kinds, mesh_files=mesh_files)
+            render_scene_to_files(spec, frame_paths(out, name, depth_format), settings, device_type, depth_format)
+            bar.update(1)
+            bar.set_postfix(kind=spec.kind, refresh=False)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+
+    done = sorted(
+        p.stem for p in (out / "rgb").glob("*.png")
+        if not p.name.startswith(".") and frame_done(out, p.stem, depth_format)
+    ) if (out / "rgb").is_dir() else []
+    write_splits(out, done, val_fraction)
+    return GenerateStats(rendered=len(todo), skipped=skipped, seconds=seconds, device=device_type)
