@@ -270,7 +270,8 @@ def add_point_attribute(mesh: Any, name: str, values: np.ndarray) -> None:
 def make_material(name: str, image: Any | None, shading: str, use_colour_attribute: bool) -> Any:
     """A node material showing the photo through the UVs (or the ``Color`` attribute, for points/no photo)."""
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    if mat.node_tree is None:  # Blender < 5.0 makes node trees on request; 5.0 always has one
+        mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     nodes.clear()
     out = nodes.new("ShaderNodeOutputMaterial")

@@ -1,0 +1,376 @@
+"""The add-on in real Blender (bpy 5.0.1), installed from the built extension zip exactly as a user installs it.
+
+Depth Map -> Mesh against analytic geometry (every vertex within 1e-4 m, every vertex projecting onto its pixel
+centre through the created camera), the worker path end to end with the tiny checkpoint, and the error paths
+(missing image, missing worker Python, worker killed mid-run, cancel): the scene must be left as it was.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+from bpy_extras.object_utils import world_to_camera_view  # noqa: E402
+from mathutils import Vector  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from metricgold_engine import depth_io  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory):
+    """Build dist zip, install it into a temporary extension repository, enable it; yield the package name."""
+    build = importlib.import_module("build")
+    zip_path = build.build(tmp_path_factory.mktemp("dist"))
+    repo_dir = tmp_path_factory.mktemp("extensions")
+    bpy.ops.preferences.extension_repo_add(
+        name="metricgold_test", type="LOCAL", custom_directory=str(repo_dir), use_custom_directory=True)
+    repos = bpy.context.preferences.extensions.repos
+    repo_index = next(i for i, r in enumerate(repos) if r.name == "metricgold_test")
+    module = repos[repo_index].module
+    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo=module, enable_on_install=True)
+    assert result == {"FINISHED"}
+    package = f"bl_ext.{module}.metricgold"
+    assert package in bpy.context.preferences.addons
+    yield package
+    bpy.ops.preferences.addon_disable(module=package)  # unregister: closes the workers
+    repos = bpy.context.preferences.extensions.repos
+    bpy.ops.preferences.extension_repo_remove(
+        index=next(i for i, r in enumerate(repos) if r.name == "metricgold_test"), remove_files=True)
+
+
+@pytest.fixture
+def scene(addon):
+    bpy.ops.wm.read_homefile(use_empty=True)  # keeps preferences (the enabled extension), empties the scene
+    return bpy.context.scene
+
+
+def mod(addon: str, name: str):
+    return sys.modules[f"{addon}.{name}"]
+
+
+def snapshot() -> dict[str, set[str]]:
+    kinds = ("objects", "meshes", "materials", "images", "cameras", "collections", "node_groups")
+    snap = {k: {d.name for d in getattr(bpy.data, k)} for k in kinds}
+    snap["scene_camera"] = {bpy.context.scene.camera.name if bpy.context.scene.camera else ""}
+    snap["resolution"] = {f"{bpy.context.scene.render.resolution_x}x{bpy.context.scene.render.resolution_y}"}
+    return snap
+
+
+def vertex_positions(obj) -> np.ndarray:
+    co = np.empty(len(obj.data.vertices) * 3, dtype=np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    co = co.reshape(-1, 3).astype(np.float64)
+    m = np.array(obj.matrix_world, dtype=np.float64)
+    return co @ m[:3, :3].T + m[:3, 3]
+
+
+def analytic_world(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """Independent reference: pixel (u, v) at planar depth d, for a camera at the origin looking along world +Y
+    with +Z up: x = (u - cx) / fx * d to the right, y = d ahead, z = -(v - cy) / fy * d up."""
+    h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    d = depth.astype(np.float64)
+    return np.stack([(u - cx) / fx * d, d, -(v - cy) / fy * d], axis=-1).reshape(-1, 3)
+
+
+def check_projects_to_pixel_centres(scene, obj, camera, width: int, height: int, expected_depth: np.ndarray):
+    world = vertex_positions(obj)
+    v, u = np.divmod(np.arange(len(world)), width)
+    for i, p in enumerate(world):
+        ndc = world_to_camera_view(scene, camera, Vector(p))
+        assert ndc.x == pytest.approx((u[i] + 0.5) / width, abs=1e-6)
+        assert ndc.y == pytest.approx(1.0 - (v[i] + 0.5) / height, abs=1e-6)
+        assert ndc.z == pytest.approx(expected_depth[i], abs=1e-4)
+
+
+# ---- Depth Map -> Mesh: analytic geometry -------------------------------------------------------------------------
+
+W, H = 12, 8
+FX, FY, CX, CY = 10.0, 11.0, 5.2, 3.9  # off-centre principal point and non-square pixels: the hard case
+
+
+def _run_depth_map(path, **kw):
+    return bpy.ops.metricgold.depth_map_to_mesh(
+        filepath=str(path), intrinsics_mode="INTRINSICS", fx=FX, fy=FY, cx=CX, cy=CY, **kw)
+
+
+def test_fronto_parallel_plane(scene, tmp_path):
+    depth = np.full((H, W), 2.0, np.float32)
+    depth_io.write_depth_npy(tmp_path / "plane.npy", depth)
+    assert _run_depth_map(tmp_path / "plane.npy") == {"FINISHED"}
+    obj = bpy.data.objects["MetricGold plane"]
+    camera = bpy.data.objects["MetricGold plane camera"]
+    assert scene.camera == camera
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (W, H)
+    assert len(obj.data.vertices) == W * H and len(obj.data.polygons) == (W - 1) * (H - 1)
+    np.testing.assert_allclose(vertex_positions(obj), analytic_world(depth, FX, FY, CX, CY), atol=1e-4)
+    check_projects_to_pixel_centres(scene, obj, camera, W, H, depth.reshape(-1))
+    # The stored depth attribute is the depth in metres.
+    stored = np.empty(W * H, np.float32)
+    obj.data.attributes["depth"].data.foreach_get("value", stored)
+    np.testing.assert_allclose(stored, 2.0)
+    assert obj.users_collection[0].name == "MetricGold plane"
+
+
+def test_tilted_plane_exr(scene, tmp_path):
+    # Plane n . X = c in OpenCV camera space (y down, z forward); per-pixel depth t = c / (n . ray), ray_z = 1.
+    n = np.array([0.3, -0.5, 1.0])
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    rays = np.stack([(u - CX) / FX, (v - CY) / FY, np.ones_like(u)], axis=-1)
+    depth = (3.0 / (rays @ n)).astype(np.float32)
+    assert (depth > 0).all()
+    depth_io.write_depth_exr(tmp_path / "tilt.exr", depth)
+    assert _run_depth_map(tmp_path / "tilt.exr", cut_discontinuities=False) == {"FINISHED"}
+    obj = bpy.data.objects["MetricGold tilt"]
+    world = vertex_positions(obj)
+    np.testing.assert_allclose(world, analytic_world(depth, FX, FY, CX, CY), atol=1e-4)
+    # and the points are on the plane: world (x, y, z) = OpenCV (x, z, -y)
+    np.testing.assert_allclose(world[:, 0] * n[0] - world[:, 2] * n[1] + world[:, 1] * n[2], 3.0, atol=1e-4)
+    check_projects_to_pixel_centres(scene, obj, bpy.data.objects["MetricGold tilt camera"], W, H, depth.reshape(-1))
+
+
+def test_step_png16_cut_and_unit_scale(scene, tmp_path):
+    depth = np.full((H, W), 1.0, np.float32)
+    depth[:, 6:] = 2.5  # a step between columns 5 and 6; exact in millimetres
+    depth_io.write_depth_png16(tmp_path / "step.png", depth)
+    scene.unit_settings.scale_length = 0.01  # 1 Blender unit = 1 cm
+    assert _run_depth_map(tmp_path / "step.png", max_relative_jump=0.2) == {"FINISHED"}
+    obj = bpy.data.objects["MetricGold step"]
+    world_bu = vertex_positions(obj)
+    np.testing.assert_allclose(world_bu * 0.01, analytic_world(depth, FX, FY, CX, CY), atol=1e-4)
+    assert len(obj.data.polygons) == (W - 1) * (H - 1) - (H - 1)  # one column of faces cut at the step
+    check_projects_to_pixel_centres(scene, obj, scene.camera, W, H, depth.reshape(-1) / 0.01)
+
+
+def test_photo_uvs_material_and_point_cloud(scene, tmp_path):
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[..., 0] = np.arange(W)[None, :] * 20
+    rgb[..., 1] = np.arange(H)[:, None] * 30
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    depth_io.write_depth_npy(tmp_path / "d.npy", np.full((H, W), 3.0))
+    assert bpy.ops.metricgold.depth_map_to_mesh(
+        filepath=str(tmp_path / "d.npy"), image_path=str(tmp_path / "photo.png"), intrinsics_mode="FOV",
+        fov=math.radians(60.0)) == {"FINISHED"}
+    obj = bpy.data.objects["MetricGold photo"]
+    # UVs: each loop's UV is the pixel centre of its vertex.
+    uv = np.empty(len(obj.data.loops) * 2, np.float32)
+    obj.data.uv_layers["UVMap"].uv.foreach_get("vector", uv)
+    vidx = np.empty(len(obj.data.loops), np.int32)
+    obj.data.loops.foreach_get("vertex_index", vidx)
+    v, u = np.divmod(vidx, W)
+    np.testing.assert_allclose(uv.reshape(-1, 2), np.stack([(u + 0.5) / W, 1 - (v + 0.5) / H], -1), atol=1e-6)
+    mat = obj.data.materials[0]
+    textures = [n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE"]
+    assert textures and textures[0].image.filepath == str(tmp_path / "photo.png")
+    cam = bpy.data.objects["MetricGold photo camera"].data
+    assert cam.lens / cam.sensor_width == pytest.approx((W / 2 / math.tan(math.radians(30))) / W)
+
+    # Point cloud, stride 2: ceil(8/2) * ceil(12/2) = 24 points with the photo's colours.
+    assert bpy.ops.metricgold.depth_map_to_mesh(
+        filepath=str(tmp_path / "d.npy"), image_path=str(tmp_path / "photo.png"), point_cloud=True,
+        stride=2) == {"FINISHED"}
+    pc = bpy.data.objects["MetricGold photo.001"]
+    assert len(pc.data.vertices) == 24 and len(pc.data.polygons) == 0
+    col = np.empty(24 * 4, np.float32)
+    pc.data.color_attributes["Color"].data.foreach_get("color_srgb", col)
+    col = col.reshape(4, 6, 4)  # rows 0, 2, 4, 6 x columns 0, 2, ..., 10
+    np.testing.assert_allclose(col[..., :3] * 255, rgb[::2, ::2].astype(np.float64), atol=0.6)
+    assert pc.modifiers[0].type == "NODES"
+
+
+def test_blender_fallback_reader_matches_depth_io(addon, tmp_path, monkeypatch):
+    mb = mod(addon, "mesh_builder")
+    depth = np.random.default_rng(0).uniform(0.5, 60.0, size=(5, 7)).astype(np.float32)
+    depth[1, 1] = 0.0
+    depth_io.write_depth_png16(tmp_path / "d.png", depth)
+    depth_io.write_depth_exr(tmp_path / "d.exr", depth)
+    for name in ("d.png", "d.exr"):
+        np.testing.assert_allclose(
+            mb._read_depth_with_blender(str(tmp_path / name)), depth_io.read_depth(tmp_path / name), atol=1e-6)
+    images_before = len(bpy.data.images)
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(tmp_path / "rgb8.png")
+    with pytest.raises(mod(addon, "engine").depth_io.DepthFileError, match="8-bit PNG"):
+        mb._read_depth_with_blender(str(tmp_path / "rgb8.png"))
+    assert len(bpy.data.images) == images_before
+
+
+def test_depth_map_errors_leave_scene_unchanged(scene, tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "square.png")
+    depth_io.write_depth_npy(tmp_path / "wide.npy", np.ones((4, 8)))
+    np.save(tmp_path / "nan.npy", np.full((4, 4), np.nan, np.float32))
+    before = snapshot()
+    cases = [
+        (dict(filepath=str(tmp_path / "none.npy")), r"depth file not found: .*none\.npy"),
+        (dict(filepath=str(tmp_path / "nan.npy")), "no valid pixel"),
+        (dict(filepath=str(tmp_path / "wide.npy"), image_path=str(tmp_path / "square.png")),
+         "different aspect ratios"),
+        (dict(filepath=str(tmp_path / "wide.npy"), image_path=str(tmp_path / "missing.png")),
+         r"photo not found: .*missing\.png"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            bpy.ops.metricgold.depth_map_to_mesh(**kwargs)
+        assert snapshot() == before  # the photo loaded for the aspect check is gone again
+
+
+def test_failure_midway_removes_everything(addon, scene, monkeypatch):
+    mb = mod(addon, "mesh_builder")
+    k = mod(addon, "engine").geometry.Intrinsics.from_fov(4, 3, 60.0)
+    before = snapshot()
+
+    def boom(*a, **kw):
+        raise RuntimeError("material failure")
+
+    monkeypatch.setattr(mb, "make_material", boom)
+    with pytest.raises(RuntimeError, match="material failure"):
+        mb.build_depth_scene(bpy.context, np.ones((3, 4)), k, name="half")
+    assert snapshot() == before
+
+
+def test_registration_menus_and_undo_flags(addon):
+    ops = mod(addon, "operators")
+    for cls in ops.classes:
+        assert {"REGISTER", "UNDO"} <= cls.bl_options  # one undo step per run
+    idnames = {cls.bl_idname for cls in ops.classes}
+    assert idnames == {"metricgold.image_to_depth_mesh", "metricgold.image_to_point_cloud",
+                       "metricgold.depth_map_to_mesh"}
+    ui = mod(addon, "ui")
+    for menu, draw in ui.MENUS:
+        assert draw in getattr(bpy.types, menu)._dyn_ui_initialize()
+
+
+# ---- the worker path ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker_prefs(addon, tiny_checkpoint):
+    prefs = bpy.context.preferences.addons[addon].preferences
+    prefs.python_executable = sys.executable
+    prefs.model_dir = str(tiny_checkpoint)
+    prefs.device = "cpu"
+    prefs.steps, prefs.ensemble, prefs.processing_resolution = 2, 1, 32
+    yield prefs
+    prefs.python_executable = prefs.model_dir = ""
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    rgb = (np.random.default_rng(0).random((16, 24, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "room.png")
+    return tmp_path / "room.png"
+
+
+def test_worker_end_to_end_mesh(scene, worker_prefs, photo):
+    assert bpy.ops.metricgold.test_worker() == {"FINISHED"}
+    assert bpy.ops.metricgold.image_to_depth_mesh(filepath=str(photo), synchronous=True) == {"FINISHED"}
+    obj = bpy.data.objects["MetricGold room"]
+    assert len(obj.data.vertices) == 16 * 24
+    tex = [n for n in obj.data.materials[0].node_tree.nodes if n.type == "TEX_IMAGE"][0]
+    assert bpy.path.abspath(tex.image.filepath) == str(photo)
+    assert scene.camera == bpy.data.objects["MetricGold room camera"]
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (24, 16)
+    depth = np.empty(16 * 24, np.float32)
+    obj.data.attributes["depth"].data.foreach_get("value", depth)
+    assert np.isfinite(depth).all() and (depth > 0).all()
+
+
+def test_worker_point_cloud_from_image_editor_image(scene, worker_prefs):
+    # A generated (never saved) image, as the Image Editor's active image: handed to the worker as a PNG copy.
+    image = bpy.data.images.new("painted", 20, 10)
+    image.generated_color = (0.2, 0.4, 0.6, 1.0)
+    assert bpy.ops.metricgold.image_to_point_cloud(image_name="painted", stride=3, synchronous=True) == {"FINISHED"}
+    obj = bpy.data.objects["MetricGold painted"]
+    assert len(obj.data.vertices) == math.ceil(10 / 3) * math.ceil(20 / 3)
+    assert len(obj.data.polygons) == 0
+    assert "painted" in bpy.data.images and len(bpy.data.images) == 1  # no stray copy left behind
+
+
+def test_missing_image_and_python(scene, worker_prefs, tmp_path):
+    before = snapshot()
+    with pytest.raises(RuntimeError, match=r"image not found: .*nothere\.png"):
+        bpy.ops.metricgold.image_to_depth_mesh(filepath=str(tmp_path / "nothere.png"), synchronous=True)
+    with pytest.raises(RuntimeError, match="no image: open one in the Image Editor"):
+        bpy.ops.metricgold.image_to_depth_mesh(synchronous=True)
+    with pytest.raises(RuntimeError, match=r"worker Python not found: /no/such/python"):
+        bpy.ops.metricgold.image_to_depth_mesh(filepath=str(tmp_path / "x.png"), worker_python="/no/such/python",
+                                               synchronous=True)
+    assert snapshot() == before
+
+
+def test_worker_python_without_metricgold(scene, worker_prefs, photo, tmp_path):
+    # A Python that exists but lacks MetricGold: an isolated interpreter (-I ignores the venv's site-packages).
+    fake = tmp_path / "python-without-metricgold"
+    fake.write_text(f"#!/bin/sh\nexec {sys.base_prefix}/bin/python3 -I -S \"$@\"\n")
+    fake.chmod(0o755)
+    before = snapshot()
+    with pytest.raises(RuntimeError, match="cannot import metricgold_engine: MetricGold is not installed"):
+        bpy.ops.metricgold.image_to_depth_mesh(filepath=str(photo), worker_python=str(fake), synchronous=True)
+    assert snapshot() == before
+
+
+def _task(addon, photo, reports, **options):
+    ops, prefs_mod, mb = mod(addon, "operators"), mod(addon, "preferences"), mod(addon, "mesh_builder")
+    settings = prefs_mod.get_settings(bpy.context)
+    created = mb.Created()
+    image = mb.load_image(photo, created)
+    return ops.DepthTask(
+        image_name=image.name, photo_path=str(photo), settings=settings,
+        predict_options=dict(settings.predict_options(), **options), build_options=mb.BuildOptions(),
+        resolve_intrinsics=lambda w, h, p: mod(addon, "engine").geometry.resolve_intrinsics(w, h),
+        name="MetricGold task", created=created, report=lambda level, text: reports.append((level, text)),
+    )
+
+
+def _drive(task, until=lambda: False, timeout=120.0):
+    """What the modal timer does: call step() until the task leaves RUNNING_MODAL."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = task.step(bpy.context)
+        if state != {"RUNNING_MODAL"} or until():
+            return state
+        time.sleep(0.01)
+    raise AssertionError("task did not finish")
+
+
+def test_worker_killed_mid_run(addon, scene, worker_prefs, photo):
+    before = snapshot()
+    reports: list = []
+    task = _task(addon, photo, reports, num_inference_steps=200, ensemble_size=2)
+    task.start(bpy.context)
+    assert _drive(task, until=lambda: task.job.stage == "denoise") == {"RUNNING_MODAL"}
+    os.kill(task.job._client.pid, signal.SIGKILL)
+    assert _drive(task) == {"CANCELLED"}
+    assert reports[-1][0] == {"ERROR"} and "killed by SIGKILL" in reports[-1][1]
+    assert snapshot() == before  # the photo the task loaded is gone again
+
+
+def test_cancel_mid_run(addon, scene, worker_prefs, photo):
+    before = snapshot()
+    reports: list = []
+    task = _task(addon, photo, reports, num_inference_steps=200, ensemble_size=2)
+    task.start(bpy.context)
+    assert _drive(task, until=lambda: task.job.stage == "denoise") == {"RUNNING_MODAL"}
+    client = task.job._client
+    t0 = time.monotonic()
+    assert task.cancel(bpy.context) == {"CANCELLED"}  # what Esc does
+    assert reports[-1] == ({"WARNING"}, "MetricGold: cancelled")
+    assert task.job.wait(timeout=30)
+    assert task.job.state == "cancelled" and time.monotonic() - t0 < 10
+    assert client.alive  # the request was cancelled, the worker (and its loaded model) kept
+    assert snapshot() == before
