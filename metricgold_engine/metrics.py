@@ -145,11 +145,13 @@ def align_depth_least_squares(
     return scale * p + shift, float(scale), float(shift)
 
 
-def eval_crop_mask(shape: tuple[int, int], crop: str | None) -> np.ndarray:
+def eval_crop_mask(shape: tuple[int, ...], crop: str | None) -> np.ndarray:
     """Boolean H x W mask of an evaluation crop, as fractions of the ground truth's size.
 
-    - ``"garg"`` (KITTI, Garg et al.): rows int(0.40810811 H):int(0.99189189 H), cols int(0.03594771 W):int(0.96405229 W)
-    - ``"eigen"`` (KITTI, Eigen et al.): rows int(0.3324324 H):int(0.91351351 H), cols int(0.0359477 W):int(0.96405229 W)
+    - ``"garg"`` (KITTI, Garg et al.): rows int(0.40810811 H):int(0.99189189 H),
+      cols int(0.03594771 W):int(0.96405229 W)
+    - ``"eigen"`` (KITTI, Eigen et al.): rows int(0.3324324 H):int(0.91351351 H),
+      cols int(0.0359477 W):int(0.96405229 W)
     - ``"nyu_eigen"`` (NYUv2, 480 x 640): rows 45:471, cols 41:601 (scaled with the size for other sizes)
     - ``None``: every pixel
     """

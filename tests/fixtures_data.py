@@ -10,7 +10,7 @@ import csv
 import json
 from pathlib import Path
 
-import h5py
+import h5py  # type: ignore[import-untyped]
 import numpy as np
 from PIL import Image
 
@@ -116,12 +116,11 @@ def make_vkitti2(
         depth_cm = rng.integers(100, 7000, size=(h, w)).astype(np.uint16)
         depth_cm[0, :] = 65535
         depth_cm[1, 0] = 9000
-        rgb_path = root / "vkitti_2.0.3_rgb" / scene / variant / "frames" / "rgb" / f"Camera_{cam}" / f"rgb_{frame:05d}.jpg"
+        frames_dir = Path(scene) / variant / "frames"
+        rgb_path = root / "vkitti_2.0.3_rgb" / frames_dir / "rgb" / f"Camera_{cam}" / f"rgb_{frame:05d}.jpg"
         rgb_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rgb).save(rgb_path, quality=95)
-        depth_path = (
-            root / "vkitti_2.0.3_depth" / scene / variant / "frames" / "depth" / f"Camera_{cam}" / f"depth_{frame:05d}.png"
-        )
+        depth_path = root / "vkitti_2.0.3_depth" / frames_dir / "depth" / f"Camera_{cam}" / f"depth_{frame:05d}.png"
         write_png16(depth_path, depth_cm)
         out[f"{scene}/{variant}/Camera_{cam}/{frame:05d}"] = (rgb, depth_cm)
     if with_intrinsics:
@@ -173,7 +172,7 @@ def make_folder(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """ROOT/rgb/NAME.png + ROOT/depth/NAME.{npy,exr,png}; {name: format}. Depth in metres, with 0 at (0, 0)
     (invalid); PNG depth is whole millimetres. Returns {name: (rgb, depth metres as written)}."""
-    import OpenEXR
+    import OpenEXR  # type: ignore[import-not-found]
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -233,7 +232,9 @@ def make_nyuv2(root: Path, n: int = 2, seed: int = 0) -> dict[str, tuple[np.ndar
     return out
 
 
-def make_kitti(root: Path, n: int = 2, seed: int = 0, h: int = 375, w: int = 1242) -> tuple[Path, dict[str, np.ndarray]]:
+def make_kitti(
+    root: Path, n: int = 2, seed: int = 0, h: int = 375, w: int = 1242
+) -> tuple[Path, dict[str, np.ndarray]]:
     """KITTI raw RGB + annotated GT PNGs (uint16, metres * 256, 0 = invalid, sparse) and an Eigen split file with
     one extra line whose GT is None. Returns (split file, {rgb rel path: GT metres at full size})."""
     rng = np.random.default_rng(seed)

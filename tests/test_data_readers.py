@@ -57,7 +57,8 @@ def test_hypersim_full_size_frame_reads_planar_depth(tmp_path: Path) -> None:
     assert reader.names() == ["ai_003_004/cam_02/0017"]
     s = reader.load("ai_003_004/cam_02/0017")
     assert s.depth.dtype == np.float32 and s.depth.shape == (768, 1024)
-    for (u, v), ratio in {(0, 0): 0.8111886, (1023, 767): 0.8111886, (511, 383): 0.9999997, (0, 383): 0.8662367}.items():
+    checks = {(0, 0): 0.8111886, (1023, 767): 0.8111886, (511, 383): 0.9999997, (0, 383): 0.8662367}
+    for (u, v), ratio in checks.items():
         assert s.depth[v, u] == pytest.approx(4.0 * ratio, abs=1e-5)
     assert not s.valid[100, 200] and s.depth[100, 200] == 0.0
     assert s.valid.sum() == 768 * 1024 - 1
@@ -118,7 +119,11 @@ def test_hypersim_missing_and_corrupt_files_are_named(tmp_path: Path) -> None:
 def test_vkitti2_centimetres_to_metres_and_sky(tmp_path: Path) -> None:
     frames = make_vkitti2(tmp_path)
     reader = VKITTI2Reader(tmp_path, "train")
-    assert reader.names() == ["Scene01/clone/Camera_0/00000", "Scene01/clone/Camera_0/00001", "Scene02/fog/Camera_1/00000"]
+    assert reader.names() == [
+        "Scene01/clone/Camera_0/00000",
+        "Scene01/clone/Camera_0/00001",
+        "Scene02/fog/Camera_1/00000",
+    ]
     name = "Scene01/clone/Camera_0/00001"
     _, depth_cm = frames[name]
     s = reader.load(name)
@@ -236,6 +241,11 @@ def test_folder_errors_name_the_file(tmp_path: Path) -> None:
         reader.load("a")
     with pytest.raises(DataError, match="rgb"):
         FolderReader(tmp_path / "nothing", "train").names()
+    rgb_path = tmp_path / "rgb" / "b.png"
+    rgb_path.write_bytes(rgb_path.read_bytes()[:60])  # truncated PNG
+    (tmp_path / "intrinsics" / "b.json").unlink()
+    with pytest.raises(DataError, match=r"rgb/b\.png"):
+        reader.load("b")
 
 
 def test_spec_defaults_and_validation() -> None:

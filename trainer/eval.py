@@ -112,7 +112,7 @@ def evaluate(
     tensor, or an object with ``.depth`` such as a MetricGoldPipeline output). The result holds ``metrics`` (mean
     over images), ``aligned_metrics`` when ``align``, ``per_image`` rows and the protocol used.
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     if n <= 0:
@@ -124,11 +124,12 @@ def evaluate(
     for i in tqdm(range(n), desc=f"eval {dataset.name}", unit="img", disable=not progress, file=sys.stderr):
         sample = dataset[i]
         gt = np.asarray(sample.depth, dtype=np.float32)
-        pred = resize_prediction(_as_depth(predict(sample.rgb), sample.name), gt.shape)
+        gt_shape = (gt.shape[0], gt.shape[1])
+        pred = resize_prediction(_as_depth(predict(sample.rgb), sample.name), gt_shape)
         pred = np.clip(pred, lo, hi)
         with np.errstate(invalid="ignore"):
             valid = np.isfinite(gt) & (gt > lo) & (gt < hi)
-        valid &= eval_crop_mask(gt.shape, dataset.crop)
+        valid &= eval_crop_mask(gt_shape, dataset.crop)
         if not valid.any():
             logger.warning("%s: no valid ground-truth pixel inside the range and crop; image skipped", sample.name)
             skipped.append(sample.name)
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         from metricgold_engine.model import load_pipeline
 
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+        pipe: Any = load_pipeline(args.model, device=args.device, dtype=args.dtype)
         pipe.set_progress_bar_config(disable=True)  # one bar over images, not one per image
         predict = make_predictor(pipe, args.steps, args.ensemble, args.resolution, args.seed)
         result = evaluate(

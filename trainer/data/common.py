@@ -12,7 +12,6 @@ Conventions (docs/datasets.md):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,20 +65,12 @@ def make_sample(
 
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as uint8 H x W x 3 (EXIF orientation applied); DataError naming the file otherwise."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from metricgold_engine.image_io import ImageLoadError, load_rgb_image
 
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.load()  # decode now, so a truncated file fails here and names itself
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from e
-    if rgb.size == 0:
-        raise DataError(f"{path}: image has no pixels")
-    return rgb
+        return np.asarray(load_rgb_image(path), dtype=np.uint8)
+    except ImageLoadError as e:
+        raise DataError(str(e)) from e
 
 
 def read_png_uint16(path: Path) -> np.ndarray:
@@ -133,6 +124,50 @@ def read_name_list(path: Path) -> list[str]:
         if line:
             names.append(line)
     return names
+
+
+class DepthReader:
+    """Base of the data-set readers: a root folder, a split and a valid depth range.
+
+    Subclasses set ``kind`` and the default range, and implement ``names()`` (the split's sample names) and
+    ``load(name) -> Sample``. ``split_file`` overrides where the split comes from; by default it is
+    ``root/{split}.txt`` (Hypersim overrides this with its CSV).
+    """
+
+    kind = ""
+    default_min_depth = 1e-5
+    default_max_depth = 80.0
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        min_depth: float | None = None,
+        max_depth: float | None = None,
+        split_file: str | Path | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.min_depth = self.default_min_depth if min_depth is None else float(min_depth)
+        self.max_depth = self.default_max_depth if max_depth is None else float(max_depth)
+        self.split_file = Path(split_file) if split_file else self.default_split_file()
+        self._names: list[str] | None = None
+
+    def default_split_file(self) -> Path:
+        return self.root / f"{self.split}.txt"
+
+    def names(self) -> list[str]:
+        """Sample names of the split (listed once, then cached)."""
+        if self._names is None:
+            self._names = read_name_list(self.split_file) if self.split_file.is_file() else self.list_names()
+        return self._names
+
+    def list_names(self) -> list[str]:
+        """Every sample on disk, for data sets without a split file."""
+        raise NotImplementedError
+
+    def load(self, name: str) -> Sample:
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -201,7 +236,3 @@ def scale_intrinsics(
         "cy": (intrinsics["cy"] + 0.5) * sy - 0.5 - top,
     }
 
-
-def check_finite_positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")

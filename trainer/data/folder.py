@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from metricgold_engine.depth_io import DepthFileError, read_depth
-from trainer.data.common import DataError, Sample, make_sample, read_name_list, read_rgb
+from trainer.data.common import DataError, DepthReader, Sample, make_sample, read_rgb
 
 RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEPTH_SUFFIXES = (".npy", ".exr", ".png")
@@ -40,41 +40,21 @@ def read_intrinsics_json(path: Path) -> dict[str, float]:
     return out
 
 
-class FolderReader:
+class FolderReader(DepthReader):
     kind = "folder"
     default_min_depth = 1e-5
     default_max_depth = 1000.0
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        min_depth: float | None = None,
-        max_depth: float | None = None,
-        split_file: str | Path | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.min_depth = self.default_min_depth if min_depth is None else min_depth
-        self.max_depth = self.default_max_depth if max_depth is None else max_depth
-        self.split_file = Path(split_file) if split_file else self.root / f"{split}.txt"
-        self._names: list[str] | None = None
-
-    def names(self) -> list[str]:
-        if self._names is None:
-            if self.split_file.is_file():
-                self._names = read_name_list(self.split_file)
-            else:
-                rgb_dir = self.root / "rgb"
-                if not rgb_dir.is_dir():
-                    raise DataError(f"{rgb_dir}: no such folder (the folder format needs ROOT/rgb and ROOT/depth)")
-                found = {
-                    p.relative_to(rgb_dir).with_suffix("").as_posix()
-                    for p in rgb_dir.rglob("*")
-                    if p.is_file() and p.suffix.lower() in RGB_SUFFIXES and not p.name.startswith(".")
-                }
-                self._names = sorted(found)
-        return self._names
+    def list_names(self) -> list[str]:
+        rgb_dir = self.root / "rgb"
+        if not rgb_dir.is_dir():
+            raise DataError(f"{rgb_dir}: no such folder (the folder format needs ROOT/rgb and ROOT/depth)")
+        found = {
+            p.relative_to(rgb_dir).with_suffix("").as_posix()
+            for p in rgb_dir.rglob("*")
+            if p.is_file() and p.suffix.lower() in RGB_SUFFIXES and not p.name.startswith(".")
+        }
+        return sorted(found)
 
     def _find(self, folder: str, name: str, suffixes: tuple[str, ...], what: str) -> Path:
         base = self.root / folder / name

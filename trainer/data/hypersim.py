@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.common import DataError, Sample, make_sample
+from trainer.data.common import DataError, DepthReader, Sample, make_sample
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def tonemap_hypersim(rgb_linear: np.ndarray, valid_geometry: np.ndarray | None =
 
 def read_hdf5_dataset(path: Path) -> np.ndarray:
     """The array stored as ``"dataset"`` in a Hypersim HDF5 file; DataError naming the file otherwise."""
-    import h5py
+    import h5py  # type: ignore[import-untyped]
 
     if not path.is_file():
         raise DataError(f"{path}: no such Hypersim file")
@@ -96,25 +96,13 @@ def read_hdf5_dataset(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
 
 
-class HypersimReader:
+class HypersimReader(DepthReader):
     kind = "hypersim"
     default_min_depth = 1e-5
     default_max_depth = 65.0
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        min_depth: float | None = None,
-        max_depth: float | None = None,
-        split_file: str | Path | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.min_depth = self.default_min_depth if min_depth is None else min_depth
-        self.max_depth = self.default_max_depth if max_depth is None else max_depth
-        self.split_file = Path(split_file) if split_file else self.root / SPLIT_CSV_NAME
-        self._names: list[str] | None = None
+    def default_split_file(self) -> Path:
+        return self.root / SPLIT_CSV_NAME
 
     def names(self) -> list[str]:
         """Sample names of this split, in the CSV's order."""

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from trainer.data.common import DataError, Sample, resize_cover_crop
+from trainer.data.common import DataError, DepthReader, Sample, resize_cover_crop
 from trainer.data.folder import FolderReader
 from trainer.data.hypersim import HypersimReader
 from trainer.data.tartanair import TartanAirReader
@@ -26,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("hypersim", "vkitti2", "tartanair", "folder")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-READERS: dict[str, type] = {
+READERS: dict[str, type[DepthReader]] = {
     "hypersim": HypersimReader,
     "vkitti2": VKITTI2Reader,
     "tartanair": TartanAirReader,
@@ -34,17 +33,6 @@ READERS: dict[str, type] = {
 }
 #: How many corrupt samples in a row ``skip_corrupt`` tolerates for one item before giving up.
 MAX_CONSECUTIVE_SKIPS = 100
-
-
-class Reader(Protocol):
-    kind: str
-    root: Path
-    min_depth: float
-    max_depth: float
-
-    def names(self) -> list[str]: ...
-
-    def load(self, name: str) -> Sample: ...
 
 
 @dataclass
@@ -77,7 +65,8 @@ class DatasetSpec:
         reader = READERS[self.kind]
         self.min_depth = float(reader.default_min_depth if self.min_depth is None else self.min_depth)
         self.max_depth = float(reader.default_max_depth if self.max_depth is None else self.max_depth)
-        if not (math.isfinite(self.min_depth) and math.isfinite(self.max_depth) and 0 <= self.min_depth < self.max_depth):
+        lo, hi = self.min_depth, self.max_depth
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi):
             raise ValueError(
                 f"{self.kind}: valid depth range needs 0 <= min_depth < max_depth, "
                 f"got {self.min_depth}..{self.max_depth}"
@@ -94,12 +83,11 @@ class DatasetSpec:
         return cls(**data)
 
 
-def make_reader(spec: DatasetSpec) -> Reader:
+def make_reader(spec: DatasetSpec) -> DepthReader:
     """The reader of a spec's data set and split."""
-    reader: Reader = READERS[spec.kind](
+    return READERS[spec.kind](
         spec.root, spec.split, min_depth=spec.min_depth, max_depth=spec.max_depth, split_file=spec.split_file
     )
-    return reader
 
 
 def read_sample(spec: DatasetSpec, name: str) -> Sample:
@@ -196,7 +184,9 @@ class MixedDepthDataset(_torch_dataset_base()):  # type: ignore[misc]
                 if not spec.skip_corrupt:
                     raise
                 self.num_skipped += 1
-                logger.warning("skipping corrupt %s sample %s: %s (%d skipped so far)", spec.kind, name, e, self.num_skipped)
+                logger.warning(
+                    "skipping corrupt %s sample %s: %s (%d skipped so far)", spec.kind, name, e, self.num_skipped
+                )
                 # The replacement comes from the same generator, so the item stays a function of (seed, index).
                 j = int(rng.integers(len(self.names[k])))
                 continue

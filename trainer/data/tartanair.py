@@ -18,46 +18,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.common import DataError, Sample, make_sample, read_name_list, read_npy_depth, read_rgb
+from trainer.data.common import DataError, DepthReader, Sample, make_sample, read_npy_depth, read_rgb
 
 INTRINSICS = {"fx": 320.0, "fy": 320.0, "cx": 320.0, "cy": 240.0}
 _SUFFIX = "_left.png"
 
 
-class TartanAirReader:
+class TartanAirReader(DepthReader):
     kind = "tartanair"
     default_min_depth = 1e-5
     default_max_depth = 80.0
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        min_depth: float | None = None,
-        max_depth: float | None = None,
-        split_file: str | Path | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.min_depth = self.default_min_depth if min_depth is None else min_depth
-        self.max_depth = self.default_max_depth if max_depth is None else max_depth
-        self.split_file = Path(split_file) if split_file else self.root / f"{split}.txt"
-        self._names: list[str] | None = None
-
-    def names(self) -> list[str]:
-        if self._names is None:
-            if self.split_file.is_file():
-                self._names = read_name_list(self.split_file)
-            else:
-                # ENV/Easy/P000/image_left (3 levels) or ENV/ENV/Easy/P000/image_left (4 levels).
-                dirs = sorted(self.root.glob("*/*/*/image_left")) + sorted(self.root.glob("*/*/*/*/image_left"))
-                names = []
-                for d in dirs:
-                    traj = d.parent.relative_to(self.root).as_posix()
-                    for img in sorted(d.glob("*" + _SUFFIX)):
-                        names.append(f"{traj}/{img.name[: -len(_SUFFIX)]}")
-                self._names = names
-        return self._names
+    def list_names(self) -> list[str]:
+        # ENV/Easy/P000/image_left (3 levels) or ENV/ENV/Easy/P000/image_left (4 levels).
+        dirs = sorted(self.root.glob("*/*/*/image_left")) + sorted(self.root.glob("*/*/*/*/image_left"))
+        names = []
+        for d in dirs:
+            traj = d.parent.relative_to(self.root).as_posix()
+            for img in sorted(d.glob("*" + _SUFFIX)):
+                names.append(f"{traj}/{img.name[: -len(_SUFFIX)]}")
+        return names
 
     def paths(self, name: str) -> tuple[Path, Path]:
         traj, _, frame = name.rpartition("/")

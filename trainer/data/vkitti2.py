@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.common import DataError, Sample, make_sample, read_name_list, read_png_uint16, read_rgb
+from trainer.data.common import DataError, DepthReader, Sample, make_sample, read_png_uint16, read_rgb
 
 SKY_CM = 65535
 DEFAULT_INTRINSICS = {"fx": 725.0087, "fy": 725.0087, "cx": 620.5, "cy": 187.0}
@@ -60,7 +60,7 @@ def parse_intrinsics_file(path: Path) -> dict[tuple[int, int], dict[str, float]]
     return table
 
 
-class VKITTI2Reader:
+class VKITTI2Reader(DepthReader):
     kind = "vkitti2"
     default_min_depth = 1e-5
     default_max_depth = 80.0
@@ -73,12 +73,7 @@ class VKITTI2Reader:
         max_depth: float | None = None,
         split_file: str | Path | None = None,
     ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.min_depth = self.default_min_depth if min_depth is None else min_depth
-        self.max_depth = self.default_max_depth if max_depth is None else max_depth
-        self.split_file = Path(split_file) if split_file else self.root / f"{split}.txt"
-        self._names: list[str] | None = None
+        super().__init__(root, split, min_depth, max_depth, split_file)
         self._intrinsics: dict[Path, dict[tuple[int, int], dict[str, float]] | None] = {}
 
     def _top(self, what: str) -> Path:
@@ -89,21 +84,14 @@ class VKITTI2Reader:
             return self.root / _TOP[what][0]
         raise DataError(f"{self.root}: no Virtual KITTI 2 {what} folder (expected {' or '.join(_TOP[what])})")
 
-    def names(self) -> list[str]:
-        if self._names is None:
-            if self.split_file.is_file():
-                self._names = read_name_list(self.split_file)
-            else:
-                rgb_top = self._top("rgb")
-                names = []
-                for path in sorted(rgb_top.glob("Scene*/*/frames/rgb/Camera_*/rgb_*.jpg")):
-                    m = _RGB_RE.search(path.name)
-                    if m is None:
-                        continue
-                    scene, variant = path.parts[-6], path.parts[-5]
-                    names.append(f"{scene}/{variant}/{path.parent.name}/{m.group(1)}")
-                self._names = names
-        return self._names
+    def list_names(self) -> list[str]:
+        names = []
+        for path in sorted(self._top("rgb").glob("Scene*/*/frames/rgb/Camera_*/rgb_*.jpg")):
+            m = _RGB_RE.search(path.name)
+            if m is not None:
+                scene, variant = path.parts[-6], path.parts[-5]
+                names.append(f"{scene}/{variant}/{path.parent.name}/{m.group(1)}")
+        return names
 
     def paths(self, name: str) -> tuple[Path, Path]:
         try:
