@@ -23,6 +23,7 @@ import bpy  # type: ignore[import-not-found]
 import bmesh  # type: ignore[import-not-found]
 import mathutils  # type: ignore[import-not-found]
 import numpy as np
+from PIL import Image
 
 from .scenes import MESH_SUFFIXES, LightSpec, MaterialSpec, SceneSpec, WorldSpec
 
@@ -150,6 +151,10 @@ def configure_render(scene: bpy.types.Scene, settings: RenderSettings, device_ty
     scene.render.resolution_percentage = 100
     scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
     scene.render.film_transparent = False
+    # No render metadata (date, render time, ...) in the PNG: a frame re-rendered later is byte-identical.
+    for prop in scene.render.bl_rna.properties:
+        if prop.identifier.startswith("use_stamp") and not prop.is_readonly:
+            setattr(scene.render, prop.identifier, False)
     scene.render.use_persistent_data = False
     if settings.threads > 0:
         scene.render.threads_mode = "FIXED"
@@ -429,8 +434,16 @@ def render_frame(scene: bpy.types.Scene, rgb_path: str | os.PathLike[str], scrat
     fmt.file_format = "PNG"
     fmt.color_mode = "RGB"
     fmt.color_depth = "8"
-    fmt.compression = 90
-    result.save_render(str(rgb_path), scene=scene)
+    fmt.compression = 15
+    fd, png_name = tempfile.mkstemp(dir=scratch_dir, prefix=".combined.", suffix=".png")
+    os.close(fd)
+    try:
+        result.save_render(png_name, scene=scene)  # Blender's colour management (view transform, exposure)
+        # Re-encode without Blender's metadata (Cycles adds render times): a re-rendered frame is byte-identical.
+        with Image.open(png_name) as im:
+            im.convert("RGB").save(rgb_path, format="PNG", compress_level=6)
+    finally:
+        Path(png_name).unlink(missing_ok=True)
     with np.errstate(invalid="ignore"):
         no_surface = ~np.isfinite(depth) | (depth >= _NO_HIT_DEPTH) | (depth <= 0)
     depth[no_surface] = 0.0
