@@ -166,6 +166,7 @@ class DepthTask:
         name: str,
         created: mesh_builder.Created,
         report: Report,
+        depth_dir: str = "",
     ) -> None:
         self.image_name = image_name
         self.photo_path = photo_path
@@ -175,7 +176,11 @@ class DepthTask:
         self.name = name
         self.created = created
         self.report = report
-        self.out_dir = tempfile.mkdtemp(prefix="metricgold-", dir=bpy.app.tempdir or None)
+        if depth_dir:
+            os.makedirs(depth_dir, exist_ok=True)
+            self.out_dir = depth_dir
+        else:  # Blender's session temp folder, removed when Blender exits
+            self.out_dir = tempfile.mkdtemp(prefix="metricgold-", dir=bpy.app.tempdir or None)
         worker_image = image_file_for_worker(bpy.data.images[image_name], self.out_dir)
         self.job = jobs.PredictionJob(
             lambda: jobs.shared_client(settings.python, settings.model, settings.device),
@@ -284,6 +289,12 @@ class _ImageToDepth(GeometryOptions):
     model_dir: StringProperty(  # type: ignore[valid-type]
         name="Model Folder", description="Override the preferences' model folder", subtype="DIR_PATH",
         options={"HIDDEN", "SKIP_SAVE"})
+    device: StringProperty(  # type: ignore[valid-type]
+        name="Device", description="Override the preferences' device (auto, cpu, cuda, cuda:N, mps)",
+        options={"HIDDEN", "SKIP_SAVE"})
+    depth_dir: StringProperty(  # type: ignore[valid-type]
+        name="Depth Folder", description="Where the worker writes the depth files (empty: Blender's temp folder)",
+        subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
     synchronous: BoolProperty(  # type: ignore[valid-type]
         name="Synchronous", description="Block until done (scripts and background mode)", default=False,
         options={"HIDDEN", "SKIP_SAVE"})
@@ -304,7 +315,8 @@ class _ImageToDepth(GeometryOptions):
     def _settings(self, context: Any) -> Settings:
         s = get_settings(context)
         return Settings(
-            self.worker_python or s.python_executable, self.model_dir or s.model_dir, s.device, s.steps, s.ensemble,
+            self.worker_python or s.python_executable, self.model_dir or s.model_dir, self.device or s.device,
+            s.steps, s.ensemble,
             s.processing_resolution, s.seed,
         )
 
@@ -332,8 +344,9 @@ class _ImageToDepth(GeometryOptions):
                 predict_options=settings.predict_options(self.steps, self.ensemble, self.processing_resolution),
                 build_options=self.build_options(self.point_cloud), resolve_intrinsics=self.resolve_intrinsics,
                 name=_object_name(photo_path or image.name), created=created, report=self.report,  # type: ignore[attr-defined]
+                depth_dir=bpy.path.abspath(self.depth_dir) if self.depth_dir else "",
             )
-        except mesh_builder.BuildError as e:
+        except (mesh_builder.BuildError, OSError) as e:
             created.remove_all()
             self.report({"ERROR"}, f"MetricGold: {e}")  # type: ignore[attr-defined]
             return {"CANCELLED"}

@@ -238,6 +238,9 @@ def test_atomic_write_replaces_on_success(tmp_path):
         assert not target.exists()  # nothing visible until the block succeeds
     assert target.read_text() == "new"
     assert os.listdir(tmp_path) == ["x.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # permissions of an ordinary new file
 
 
 def test_atomic_write_missing_folder(tmp_path):

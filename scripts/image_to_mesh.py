@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Photos to a .blend with metric depth meshes and matching cameras, without Blender's UI.
+
+    blender -b -P scripts/image_to_mesh.py -- IMAGES... --out scene.blend [--model DIR] [--python PY]
+        [--depth FILE] [--fov DEG | --intrinsics FX FY CX CY] [--point-cloud] [--stride N]
+        [--steps N] [--ensemble N] [--processing-resolution N] [--device DEV] [--render preview.png]
+
+or the same with ``python scripts/image_to_mesh.py ...`` where ``bpy`` (Blender as a Python module) is installed.
+Predicted depths are kept next to the .blend, in ``<out>_depth/NAME_depth.npy`` (metres, float32).
+Each image goes into its own collection, side by side along X. ``--depth`` takes an existing depth file (.npy,
+.exr, 16-bit PNG in mm) for a single image and needs no model or worker. ``--render`` renders the last image's
+camera view (Cycles, a few samples, 640 px wide) with a light.
+
+The work is done by the add-on's own operators (``metricgold.image_to_depth_mesh`` etc.), run synchronously.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # a repository script: the add-on and engine are its siblings
+    sys.path.insert(0, str(REPO_ROOT))
+
+PREVIEW_WIDTH = 640
+PREVIEW_SAMPLES = 8
+GAP_M = 0.5  # metres between neighbouring images' meshes
+
+
+class ScriptError(Exception):
+    pass
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="image_to_mesh.py", description="Photos to metric depth meshes and cameras in a .blend file.")
+    p.add_argument("images", nargs="*", type=Path, help="photos (PNG, JPEG, ...); optional with --depth")
+    p.add_argument("--out", required=True, type=Path, help="the .blend file to write")
+    p.add_argument("--model", type=Path, help="MetricGold checkpoint folder (default: the engine's default model)")
+    p.add_argument("--python", dest="worker_python", help="Python of the worker environment (default: this Python)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="worker device")
+    p.add_argument("--depth", type=Path, help="existing depth file for a single image: no model needed")
+    cam = p.add_mutually_exclusive_group()
+    cam.add_argument("--fov", type=float, metavar="DEG", help="horizontal field of view in degrees")
+    cam.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+                     help="pinhole intrinsics in pixels of the photo (OpenCV convention)")
+    p.add_argument("--point-cloud", action="store_true", help="coloured points instead of a mesh")
+    p.add_argument("--stride", type=int, default=None, help="use every N-th pixel (default 1; point cloud 2)")
+    p.add_argument("--max-jump", type=float, default=0.05,
+                   help="cut faces across relative depth jumps above this (default 0.05; 0 keeps all faces)")
+    p.add_argument("--steps", type=int, default=0, help="denoising steps (default: the model's)")
+    p.add_argument("--ensemble", type=int, default=0, help="ensemble size (default: the model's)")
+    p.add_argument("--processing-resolution", type=int, default=-1,
+                   help="longest side the model works at (default: the model's; 0: the image's own)")
+    p.add_argument("--render", type=Path, help="also render a preview PNG through the (last) created camera")
+    args = p.parse_args(argv)
+    if not args.images and not args.depth:
+        p.error("give at least one image (or --depth FILE)")
+    if args.depth and len(args.images) > 1:
+        p.error("--depth is for a single image")
+    if args.stride is not None and args.stride < 1:
+        p.error("--stride must be >= 1")
+    return args
+
+
+def script_argv() -> list[str]:
+    """Arguments after ``--`` under ``blender -P``; all arguments under plain Python."""
+    argv = sys.argv
+    return argv[argv.index("--") + 1:] if "--" in argv else argv[1:]
+
+
+def geometry_kwargs(args: argparse.Namespace) -> dict:
+    kw: dict = {"stride": args.stride or (2 if args.point_cloud else 1)}
+    if args.fov is not None:
+        kw.update(intrinsics_mode="FOV", fov=math.radians(args.fov))
+    elif args.intrinsics is not None:
+        fx, fy, cx, cy = args.intrinsics
+        kw.update(intrinsics_mode="INTRINSICS", fx=fx, fy=fy, cx=cx, cy=cy)
+    kw.update(cut_discontinuities=args.max_jump > 0, max_relative_jump=max(args.max_jump, 0.0))
+    return kw
+
+
+def render_preview(bpy, scene, out: Path) -> None:
+    """A small Cycles render through the scene camera, with a sun; written atomically."""
+    from metricgold_engine.depth_io import atomic_write
+
+    if scene.camera is None:
+        raise ScriptError("nothing to render: no camera was created")
+    light_data = bpy.data.lights.new("MetricGold preview light", "SUN")
+    light_data.energy = 3.0
+    light = bpy.data.objects.new("MetricGold preview light", light_data)
+    light.rotation_euler = (math.radians(50.0), 0.0, math.radians(30.0))
+    scene.collection.objects.link(light)
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("World")
+    render = scene.render
+    scene.view_settings.view_transform = "Standard"  # show the photo's colours as they are
+    render.engine = "CYCLES"
+    scene.cycles.samples = PREVIEW_SAMPLES
+    scene.cycles.device = "CPU"
+    render.resolution_percentage = max(1, round(100 * PREVIEW_WIDTH / render.resolution_x))
+    render.image_settings.file_format = "PNG"
+    with atomic_write(out) as tmp:
+        render.filepath = str(tmp)
+        render.use_file_extension = False
+        bpy.ops.render.render(write_still=True)
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise ScriptError(f"Blender did not write the render to {tmp}")
+
+
+def right_edge_m(scene) -> float:
+    """World X (metres) of the right-most mesh corner in the scene."""
+    from mathutils import Vector
+
+    unit = scene.unit_settings.scale_length or 1.0
+    xs = [(o.matrix_world @ Vector(corner)).x for o in scene.objects if o.type == "MESH" for corner in o.bound_box]
+    return max(xs) * unit if xs else 0.0
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    import bpy
+
+    import metricgold_blender
+
+    out = args.out.resolve()
+    if out.suffix != ".blend":
+        raise ScriptError(f"--out must end in .blend, got {out}")
+    if not out.parent.is_dir():
+        raise ScriptError(f"--out: the folder {out.parent} does not exist")
+    for image in args.images:
+        if not image.is_file():
+            raise ScriptError(f"image not found: {image}")
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    metricgold_blender.register()
+    try:
+        messages = []
+        x = 0.0
+        jobs = [(None, args.images[0] if args.images else None)] if args.depth else [(im, im) for im in args.images]
+        for source, photo in jobs:
+            kw = geometry_kwargs(args)
+            kw["location"] = (x, 0.0, 0.0)
+            try:
+                if args.depth:
+                    result = bpy.ops.metricgold.depth_map_to_mesh(
+                        filepath=str(args.depth.resolve()), image_path=str(photo.resolve()) if photo else "",
+                        point_cloud=args.point_cloud, **kw)
+                else:
+                    op = (bpy.ops.metricgold.image_to_point_cloud if args.point_cloud
+                          else bpy.ops.metricgold.image_to_depth_mesh)
+                    result = op(
+                        filepath=str(source.resolve()), worker_python=args.worker_python or sys.executable,
+                        model_dir=str(args.model.resolve()) if args.model else "", synchronous=True,
+                        steps=args.steps, ensemble=args.ensemble, processing_resolution=args.processing_resolution,
+                        device=args.device, depth_dir=str(out.with_name(out.stem + "_depth")), **kw)
+            except RuntimeError as e:  # the operator's own report
+                raise ScriptError(str(e).removeprefix("Error: ")) from None
+            if result != {"FINISHED"}:
+                raise ScriptError(f"{photo or args.depth}: {result}")
+            # The next image goes to the right of everything built so far.
+            x = right_edge_m(bpy.context.scene) + GAP_M
+            messages.append(f"{Path(photo or args.depth).name}: {bpy.context.scene.camera.name} and its "
+                            f"{'points' if args.point_cloud else 'mesh'}")
+        bpy.ops.wm.save_as_mainfile(filepath=str(out), check_existing=False)  # Blender writes via a temp file
+        messages.append(f"wrote {out}")
+        if args.render:
+            render_preview(bpy, bpy.context.scene, args.render.resolve())
+            messages.append(f"rendered {args.render.resolve()}")
+        return messages
+    finally:
+        metricgold_blender.unregister()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(script_argv() if argv is None else argv)
+    try:
+        for line in run(args):
+            print(f"image_to_mesh: {line}")
+    except ScriptError as e:
+        print(f"image_to_mesh: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    if code:
+        sys.exit(code)

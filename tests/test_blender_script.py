@@ -1,0 +1,118 @@
+"""scripts/image_to_mesh.py as a user runs it (``python scripts/image_to_mesh.py ...`` with bpy installed).
+
+Each run is a fresh process, like ``blender -b -P``; the .blend it writes is opened in another fresh process and
+described as JSON, so nothing here depends on the state of this test process's bpy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("bpy")
+
+from metricgold_engine import depth_io  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "scripts" / "image_to_mesh.py"
+
+DESCRIBE = r"""
+import json, sys, bpy
+bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
+s = bpy.context.scene
+out = {"collections": {}, "camera": s.camera.name if s.camera else None,
+       "resolution": [s.render.resolution_x, s.render.resolution_y]}
+for c in bpy.data.collections:
+    objs = {}
+    for o in c.objects:
+        d = {"type": o.type, "location": list(o.matrix_world.translation)}
+        if o.type == "MESH":
+            d.update(vertices=len(o.data.vertices), faces=len(o.data.polygons),
+                     attributes=sorted(a.name for a in o.data.attributes if not a.name.startswith(".")),
+                     images=sorted(n.image.name for m in o.data.materials for n in m.node_tree.nodes
+                                   if n.type == "TEX_IMAGE" and n.image))
+        if o.type == "CAMERA":
+            d.update(lens=o.data.lens, sensor_width=o.data.sensor_width, shift_x=o.data.shift_x,
+                     shift_y=o.data.shift_y)
+        objs[o.name] = d
+    out["collections"][c.name] = objs
+print("JSON" + json.dumps(out))
+"""
+
+
+def run_script(*args, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"script failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def describe(blend: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", DESCRIBE, str(blend)], capture_output=True, text=True, check=True)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("JSON"))
+    return json.loads(line[4:])
+
+
+def make_photo(path: Path, w: int, h: int, seed: int = 0) -> Path:
+    Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_depth_file_intrinsics_and_render(tmp_path):
+    photo = make_photo(tmp_path / "desk.png", 32, 24)
+    depth_io.write_depth_npy(tmp_path / "desk_depth.npy", np.linspace(1.0, 3.0, 24 * 32).reshape(24, 32))
+    out = tmp_path / "scene.blend"
+    proc = run_script(photo, "--depth", tmp_path / "desk_depth.npy", "--intrinsics", 30, 30, 15.5, 11.5,
+                      "--out", out, "--render", tmp_path / "preview.png")
+    assert "wrote" in proc.stdout
+    info = describe(out)
+    objs = info["collections"]["MetricGold desk"]
+    assert objs["MetricGold desk"]["vertices"] == 32 * 24
+    assert objs["MetricGold desk"]["images"] == ["desk.png"]
+    assert {"depth", "Color"} <= set(objs["MetricGold desk"]["attributes"])
+    cam = objs["MetricGold desk camera"]
+    assert cam["lens"] / cam["sensor_width"] == pytest.approx(30 / 32)  # fx / W
+    assert cam["shift_x"] == pytest.approx(0.0, abs=1e-7) and cam["shift_y"] == pytest.approx(0.0, abs=1e-7)
+    assert info["camera"] == "MetricGold desk camera" and info["resolution"] == [32, 24]
+    with Image.open(tmp_path / "preview.png") as im:
+        assert im.size == (640, 480)
+        pixels = np.asarray(im.convert("RGB")).astype(np.float64)
+    assert pixels.std() > 10  # the photo is visible, not an empty frame
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "desk.png", "desk_depth.npy", "preview.png", "scene.blend"]  # no temp files left
+
+
+def test_worker_many_images_point_cloud(tmp_path, tiny_checkpoint):
+    a = make_photo(tmp_path / "a.png", 24, 16, seed=1)
+    b = make_photo(tmp_path / "b.png", 20, 10, seed=2)
+    out = tmp_path / "two.blend"
+    run_script(a, b, "--model", tiny_checkpoint, "--device", "cpu", "--steps", 2, "--ensemble", 1,
+               "--point-cloud", "--stride", 2, "--out", out)
+    info = describe(out)
+    pa = info["collections"]["MetricGold a"]["MetricGold a"]
+    pb = info["collections"]["MetricGold b"]["MetricGold b"]
+    assert pa["vertices"] == 8 * 12 and pb["vertices"] == 5 * 10 and pa["faces"] == pb["faces"] == 0
+    # side by side: b's camera is to the right of a's
+    assert info["collections"]["MetricGold b"]["MetricGold b camera"]["location"][0] > 0.5
+    assert (tmp_path / "two_depth" / "a_depth.npy").is_file()
+    assert np.load(tmp_path / "two_depth" / "b_depth.npy").shape == (10, 20)
+
+
+def test_errors(tmp_path):
+    proc = run_script(tmp_path / "missing.jpg", "--out", tmp_path / "x.blend", check=False)
+    assert proc.returncode == 1 and "image_to_mesh: error: image not found" in proc.stderr
+    photo = make_photo(tmp_path / "p.png", 8, 6)
+    proc = run_script(photo, photo, "--depth", tmp_path / "d.npy", "--out", tmp_path / "x.blend", check=False)
+    assert proc.returncode == 2 and "--depth is for a single image" in proc.stderr
+    proc = run_script(photo, "--depth", tmp_path / "d.npy", "--out", tmp_path / "x.blend", check=False)
+    assert proc.returncode == 1 and "depth file not found" in proc.stderr
+    proc = run_script(photo, "--python", tmp_path / "nopython", "--out", tmp_path / "x.blend", check=False)
+    assert proc.returncode == 1 and "worker Python not found" in proc.stderr
+    assert not (tmp_path / "x.blend").exists()
