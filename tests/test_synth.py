@@ -266,15 +266,8 @@ def test_tilted_plane_matches_ray_casting_and_unprojects_onto_the_plane(tmp_path
     assert np.abs(depth - expected).max() < 1e-3
 
     # The intrinsics JSON is the camera's K: equal to Blender's own view frame of the camera ...
-    cam = bpy.context.scene.camera
-    corners = np.array([tuple(c) for c in cam.data.view_frame(scene=bpy.context.scene)])
-    z = -corners[0, 2]
-    x_left, x_right = corners[:, 0].min(), corners[:, 0].max()
-    y_bottom, y_top = corners[:, 1].min(), corners[:, 1].max()
-    assert intr["fx"] == pytest.approx(W * z / (x_right - x_left), rel=1e-6)
-    assert intr["fy"] == pytest.approx(H * z / (y_top - y_bottom), rel=1e-6)
-    assert intr["cx"] == pytest.approx(-x_left / (x_right - x_left) * W - 0.5, abs=1e-6)
-    assert intr["cy"] == pytest.approx(y_top / (y_top - y_bottom) * H - 0.5, abs=1e-6)
+    fx, fy, cx, cy = _k_from_view_frame(bpy.context.scene.camera, W, H)
+    assert (intr["fx"], intr["fy"], intr["cx"], intr["cy"]) == pytest.approx((fx, fy, cx, cy), abs=1e-4)
     # ... and unprojecting the depth with it (OpenCV: x right, y down, z forward) lands on the known plane.
     u, v = np.meshgrid(np.arange(W), np.arange(H))
     pts_cv = np.stack([(u - intr["cx"]) / intr["fx"] * depth, (v - intr["cy"]) / intr["fy"] * depth, depth], -1)
@@ -282,6 +275,28 @@ def test_tilted_plane_matches_ray_casting_and_unprojects_onto_the_plane(tmp_path
     normal = rot @ np.array([0.0, 0.0, 1.0])
     front = center + 0.02 * normal
     assert np.abs((pts_blender - front) @ normal).max() < 1e-3
+
+
+def _k_from_view_frame(cam: "bpy.types.Object", width: int, height: int) -> tuple[float, float, float, float]:
+    """fx, fy, cx, cy from Blender's own image-plane corners of the camera (pixel-centre convention)."""
+    corners = np.array([tuple(c) for c in cam.data.view_frame(scene=bpy.context.scene)])
+    z = -corners[0, 2]
+    x_left, x_right = corners[:, 0].min(), corners[:, 0].max()
+    y_bottom, y_top = corners[:, 1].min(), corners[:, 1].max()
+    return (width * z / (x_right - x_left), height * z / (y_top - y_bottom),
+            -x_left / (x_right - x_left) * width - 0.5, y_top / (y_top - y_bottom) * height - 0.5)
+
+
+@pytest.mark.parametrize("fit,size,shift", [("AUTO", (64, 48), (0.1, -0.05)), ("AUTO", (48, 64), (-0.2, 0.1)),
+                                            ("VERTICAL", (64, 48), (0.0, 0.2)), ("HORIZONTAL", (40, 60), (0.1, 0.1))])
+def test_intrinsics_match_blender_view_frame(fit: str, size: tuple[int, int], shift: tuple[float, float]) -> None:
+    scene = blender_scene.build_scene(_known_scene([]), blender_scene.RenderSettings(*size, samples=1))
+    cam = scene.camera
+    cam.data.sensor_fit, cam.data.sensor_width, cam.data.sensor_height = fit, 36.0, 24.0
+    cam.data.shift_x, cam.data.shift_y = shift
+    k = blender_camera_intrinsics(lens_mm=cam.data.lens, width=size[0], height=size[1], sensor_width_mm=36.0,
+                                  sensor_height_mm=24.0, sensor_fit=fit, shift_x=shift[0], shift_y=shift[1])
+    assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx(_k_from_view_frame(cam, *size), abs=1e-4)  # float32 frame
 
 
 def test_box_matches_ray_casting_and_background_is_invalid(tmp_path: Path) -> None:
