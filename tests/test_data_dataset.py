@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,9 @@ def test_item_format(three_sets: list[DatasetSpec]) -> None:
         assert isinstance(item["name"], str)
     with pytest.raises(IndexError):
         ds[20]
+    # Data-loader workers started by "spawn" (macOS, Windows) receive the data set pickled.
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[3]["depth"], ds[3]["depth"])
     # Default length: every sample once (2 + 3 + 3).
     assert len(build_training_dataset(three_sets, (8, 12), hflip=False, seed=0)) == 8
 

@@ -19,6 +19,7 @@ Each HDF5 file holds one dataset named ``"dataset"``. Sample names are ``ai_VVV_
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 from pathlib import Path
@@ -52,12 +53,17 @@ def focal_length_px(width: int) -> float:
     return (width / 2.0) / math.tan(math.radians(HORIZONTAL_FOV_DEG / 2.0))
 
 
+@functools.lru_cache(maxsize=4)  # every frame of the data set has the same size: compute the rays once
 def distance_to_planar_factor(height: int, width: int, focal: float | None = None) -> np.ndarray:
-    """planar depth / distance = f / sqrt(x^2 + y^2 + f^2) per pixel, x = u + 0.5 - W/2, y = v + 0.5 - H/2."""
+    """planar depth / distance = f / sqrt(x^2 + y^2 + f^2) per pixel, x = u + 0.5 - W/2, y = v + 0.5 - H/2.
+
+    The returned float64 array is shared between calls and read-only."""
     f = focal_length_px(width) if focal is None else focal
     x = np.arange(width, dtype=np.float64) + 0.5 - width / 2.0
     y = np.arange(height, dtype=np.float64) + 0.5 - height / 2.0
-    return f / np.sqrt(x[None, :] ** 2 + y[:, None] ** 2 + f**2)
+    factor = f / np.sqrt(x[None, :] ** 2 + y[:, None] ** 2 + f**2)
+    factor.flags.writeable = False
+    return factor
 
 
 def tonemap_hypersim(rgb_linear: np.ndarray, valid_geometry: np.ndarray | None = None) -> np.ndarray:
