@@ -324,6 +324,12 @@ class _Connection:
 
 
 # --- the client -----------------------------------------------------------------------------------------------------
+def _kill_boxed(box: list[_Connection | None]) -> None:
+    conn, box[0] = box[0], None
+    if conn is not None:
+        conn.kill()
+
+
 class WorkerClient:
     """Spawns ``python_executable -m metricgold_engine.worker`` and talks to it.
 
@@ -354,11 +360,22 @@ class WorkerClient:
         self._ids = itertools.count(1)
         self._state_lock = threading.Lock()  # held briefly: _conn, _closed, _active
         self._start_lock = threading.Lock()  # held while a worker starts (seconds)
-        self._conn: _Connection | None = None
+        # The running connection sits in a box that a finalizer also holds: a client dropped without close() still
+        # kills its worker (the connection itself is kept alive by its reader threads, so it cannot be the target).
+        self._box: list[_Connection | None] = [None]
+        self._finalizer = weakref.finalize(self, _kill_boxed, self._box)
         self._closed = False
         self._active: set[int] = set()  # predict request ids in flight, for cancel()
         self.info: dict[str, Any] = {}  # the last `hello` result
         self._ensure_worker()
+
+    @property
+    def _conn(self) -> _Connection | None:
+        return self._box[0]
+
+    @_conn.setter
+    def _conn(self, conn: _Connection | None) -> None:
+        self._box[0] = conn
 
     # context manager
     def __enter__(self) -> WorkerClient:

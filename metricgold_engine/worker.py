@@ -271,7 +271,7 @@ class WorkerServer:
         if key == self.model_key:
             return  # already loaded: loading is the expensive part, so it is done once
         try:
-            pipe = load_pipeline(key[0], device=device, dtype=dtype)
+            pipe: Any = load_pipeline(key[0], device=device, dtype=dtype)  # diffusers is untyped
         except (CheckpointError, ValueError, OSError) as exc:
             raise RequestFailed(protocol.MODEL_LOAD_FAILED, f"cannot load the model {path}: {_message(exc)}") from None
         pipe.set_progress_bar_config(disable=True)

@@ -3,6 +3,7 @@ stdlib Python) for the failure modes of process management that a real worker ca
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -335,6 +336,15 @@ def test_close_kills_a_worker_that_does_not_exit(tmp_path):
     t0 = time.monotonic()
     c.close()
     assert time.monotonic() - t0 < 5
+    assert _wait_reaped(pid)
+
+
+@posix_only
+def test_a_dropped_client_kills_its_worker(tmp_path):
+    c = WorkerClient(_stand_in(tmp_path, "stubborn"))
+    pid = c.info["pid"]
+    del c
+    gc.collect()
     assert _wait_reaped(pid)
 
 
