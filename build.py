@@ -82,7 +82,7 @@ def check_imports(name: str, source: str) -> None:
     """Refuse module-level imports Blender's Python cannot satisfy (function-level, lazy imports are fine)."""
     tree = ast.parse(source, filename=name)
     for node in tree.body:
-        nodes = [node]
+        nodes: list[ast.AST] = [node]
         if isinstance(node, ast.If | ast.Try):  # module-level `if`/`try` blocks run at import, too
             nodes = list(ast.walk(node))
         for n in nodes:

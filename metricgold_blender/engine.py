@@ -11,10 +11,10 @@ from __future__ import annotations
 import importlib.util
 
 if importlib.util.find_spec(f"{__package__}._vendor") is not None:
-    from ._vendor.metricgold_engine import __version__ as ENGINE_VERSION
-    from ._vendor.metricgold_engine import client, depth_io, geometry
+    from ._vendor.metricgold_engine import __version__ as ENGINE_VERSION  # type: ignore[import-not-found]
+    from ._vendor.metricgold_engine import client, depth_io, geometry  # type: ignore[import-not-found]
 else:  # source checkout: the engine is a sibling package
-    from metricgold_engine import __version__ as ENGINE_VERSION  # type: ignore[no-redef]
-    from metricgold_engine import client, depth_io, geometry  # type: ignore[no-redef]
+    from metricgold_engine import __version__ as ENGINE_VERSION
+    from metricgold_engine import client, depth_io, geometry
 
 __all__ = ["ENGINE_VERSION", "client", "depth_io", "geometry"]

@@ -125,7 +125,7 @@ def load_image(path: str | os.PathLike[str], created: Created | None = None) -> 
         raise BuildError(f"image not found: {path}")
     before = set(bpy.data.images)
     try:
-        image = bpy.data.images.load(path, check_existing=True)
+        image: Any = bpy.data.images.load(path, check_existing=True)
     except RuntimeError as e:
         raise BuildError(f"{path}: Blender cannot read this image ({e})") from e
     if created is not None and image not in before:
@@ -138,7 +138,7 @@ def load_image(path: str | os.PathLike[str], created: Created | None = None) -> 
 def _read_depth_with_blender(path: str) -> np.ndarray:
     """Read a 16-bit PNG or EXR depth through Blender's own image loader (no Pillow/OpenEXR in Blender's Python)."""
     try:
-        image = bpy.data.images.load(path, check_existing=False)
+        image: Any = bpy.data.images.load(path, check_existing=False)
     except RuntimeError as e:
         raise depth_io.DepthFileError(f"{path}: Blender cannot read this depth file ({e})") from e
     try:
@@ -269,19 +269,20 @@ def add_point_attribute(mesh: Any, name: str, values: np.ndarray) -> None:
 
 def make_material(name: str, image: Any | None, shading: str, use_colour_attribute: bool) -> Any:
     """A node material showing the photo through the UVs (or the ``Color`` attribute, for points/no photo)."""
-    mat = bpy.data.materials.new(name)
+    mat: Any = bpy.data.materials.new(name)
     if mat.node_tree is None:  # Blender < 5.0 makes node trees on request; 5.0 always has one
         mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     nodes.clear()
-    out = nodes.new("ShaderNodeOutputMaterial")
+    out: Any = nodes.new("ShaderNodeOutputMaterial")
     out.location = (400, 0)
+    colour_socket: Any
     if use_colour_attribute or image is None:
-        colour = nodes.new("ShaderNodeAttribute")
+        colour: Any = nodes.new("ShaderNodeAttribute")
         colour.attribute_name = "Color"
         colour_socket = colour.outputs["Color"]
     else:
-        tex = nodes.new("ShaderNodeTexImage")
+        tex: Any = nodes.new("ShaderNodeTexImage")
         tex.image = image
         tex.interpolation = "Closest"  # a texel per pixel: what the camera saw
         tex.extension = "EXTEND"
@@ -348,7 +349,7 @@ def build_depth_scene(
         raise BuildError("the depth map has no valid pixel (all zero, negative or NaN)")
     if uncertainty is not None and np.shape(uncertainty) != depth.shape:
         raise BuildError(f"uncertainty shape {np.shape(uncertainty)} differs from the depth's {depth.shape}")
-    hd, wd = depth.shape
+    hd, wd = int(depth.shape[0]), int(depth.shape[1])
     k_depth = intrinsics.scaled(wd, hd) if (intrinsics.width, intrinsics.height) != (wd, hd) else intrinsics
     unit = metres_per_unit(scene)
     gm = geometry.build_grid_mesh(
@@ -365,7 +366,7 @@ def build_depth_scene(
             if uncertainty is not None:
                 add_point_attribute(mesh, "uncertainty", gm.vertex_values(uncertainty))
             colours = mesh.color_attributes.new("Color", "FLOAT_COLOR", "POINT")
-            colours.data.foreach_set("color", vertex_colours(gm, depth.shape, image, depth).ravel())
+            colours.data.foreach_set("color", vertex_colours(gm, (hd, wd), image, depth).ravel())
             mesh.color_attributes.active_color = colours
 
             mat = made.add(bpy.data.materials, make_material(

@@ -21,7 +21,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProp
 
 from . import jobs, mesh_builder
 from .engine import depth_io, geometry
-from .preferences import Settings, check_worker_python, get_settings
+from .preferences import OperatorResult, Settings, check_worker_python, get_settings
 
 IMAGE_FILTER = "*.png;*.jpg;*.jpeg;*.tif;*.tiff;*.bmp;*.webp"
 DEPTH_FILTER = "*.npy;*.exr;*.png"
@@ -217,7 +217,7 @@ class DepthTask:
         if context.area is not None:
             context.area.header_text_set(None)
 
-    def cancel(self, context: Any) -> set[str]:
+    def cancel(self, context: Any) -> OperatorResult:
         """Esc: cancel the worker's request and leave the scene as it was."""
         self.job.cancel()
         self._clear_progress(context)
@@ -225,7 +225,7 @@ class DepthTask:
         self.report({"WARNING"}, "MetricGold: cancelled")
         return {"CANCELLED"}
 
-    def step(self, context: Any) -> set[str]:
+    def step(self, context: Any) -> OperatorResult:
         job = self.job
         if not job.finished:
             self._show_progress(context)
@@ -243,7 +243,7 @@ class DepthTask:
             return {"CANCELLED"}
         return self._build(context)
 
-    def _build(self, context: Any) -> set[str]:
+    def _build(self, context: Any) -> OperatorResult:
         result = self.job.result
         image = bpy.data.images.get(self.image_name)
         if image is None:
@@ -302,7 +302,7 @@ class _ImageToDepth(GeometryOptions):
     _task: DepthTask | None = None
     _timer: Any = None
 
-    def invoke(self, context: Any, event: Any) -> set[str]:
+    def invoke(self, context: Any, event: Any) -> OperatorResult:
         if not self.filepath and not self.image_name:
             space = context.space_data
             if space is not None and space.type == "IMAGE_EDITOR" and space.image is not None:
@@ -320,7 +320,7 @@ class _ImageToDepth(GeometryOptions):
             s.processing_resolution, s.seed,
         )
 
-    def execute(self, context: Any) -> set[str]:
+    def execute(self, context: Any) -> OperatorResult:
         settings = self._settings(context)
         problem = check_worker_python(settings)
         if problem:
@@ -358,8 +358,9 @@ class _ImageToDepth(GeometryOptions):
         wm.modal_handler_add(self)  # type: ignore[arg-type]
         return {"RUNNING_MODAL"}
 
-    def _run_blocking(self, context: Any) -> set[str]:
+    def _run_blocking(self, context: Any) -> OperatorResult:
         assert self._task is not None
+        state: OperatorResult
         try:
             while (state := self._task.step(context)) == {"RUNNING_MODAL"}:
                 time.sleep(0.05)
@@ -367,7 +368,7 @@ class _ImageToDepth(GeometryOptions):
             return self._task.cancel(context)
         return state
 
-    def modal(self, context: Any, event: Any) -> set[str]:
+    def modal(self, context: Any, event: Any) -> OperatorResult:
         assert self._task is not None
         if event.type == "ESC":
             self._end(context)
@@ -385,7 +386,7 @@ class _ImageToDepth(GeometryOptions):
             self._timer = None
 
     def draw(self, context: Any) -> None:
-        layout = self.layout  # type: ignore[attr-defined]
+        layout: Any = self.layout  # type: ignore[attr-defined]
         col = layout.column()
         row = col.row(align=True)
         row.prop(self, "steps")
@@ -434,13 +435,13 @@ class METRICGOLD_OT_depth_map_to_mesh(GeometryOptions, bpy.types.Operator):
         options={"SKIP_SAVE"})
     point_cloud: BoolProperty(name="Point Cloud", description="Points instead of faces", default=False)  # type: ignore[valid-type]
 
-    def invoke(self, context: Any, event: Any) -> set[str]:
+    def invoke(self, context: Any, event: Any) -> OperatorResult:
         if self.filepath:
             return self.execute(context)
         context.window_manager.fileselect_add(self)  # type: ignore[arg-type]
         return {"RUNNING_MODAL"}
 
-    def execute(self, context: Any) -> set[str]:
+    def execute(self, context: Any) -> OperatorResult:
         created = mesh_builder.Created()
         try:
             depth_path = _existing_file(self.filepath, "depth file")
@@ -475,7 +476,8 @@ class METRICGOLD_OT_depth_map_to_mesh(GeometryOptions, bpy.types.Operator):
         return {"FINISHED"}
 
     def draw(self, context: Any) -> None:
-        col = self.layout.column()
+        layout: Any = self.layout
+        col = layout.column()
         col.prop(self, "image_path")
         col.prop(self, "uncertainty_path")
         col.prop(self, "point_cloud")

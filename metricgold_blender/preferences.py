@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+#: What Operator.execute/invoke/modal return (the type fake-bpy-module gives them).
+OperatorResult = set[Literal["RUNNING_MODAL", "CANCELLED", "FINISHED", "PASS_THROUGH", "INTERFACE"]]
 
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
@@ -99,7 +102,7 @@ class METRICGOLD_OT_test_worker(bpy.types.Operator):
     bl_label = "Test worker"
     bl_options = {"INTERNAL"}
 
-    def execute(self, context: Any) -> set[str]:
+    def execute(self, context: Any) -> OperatorResult:
         settings = get_settings(context)
         problem = check_worker_python(settings)
         if problem:
@@ -150,7 +153,7 @@ class MetricGoldPreferences(bpy.types.AddonPreferences):
         name="Seed", description="Noise seed, for repeatable results (-1: random)", default=0, min=-1)
 
     def draw(self, context: Any) -> None:
-        layout = self.layout
+        layout: Any = self.layout
         box = layout.box()
         for line in SETUP_STEPS:
             box.label(text=line)

@@ -12,7 +12,7 @@ class VIEW3D_MT_metricgold_add(bpy.types.Menu):
     bl_label = "MetricGold Depth"
 
     def draw(self, context: Any) -> None:
-        layout = self.layout
+        layout: Any = self.layout
         layout.operator_context = "INVOKE_DEFAULT"
         layout.operator("metricgold.image_to_depth_mesh", text="Image \u2192 Metric Depth Mesh", icon="IMAGE_DATA")
         layout.operator("metricgold.image_to_point_cloud", text="Image \u2192 Metric Depth Point Cloud",

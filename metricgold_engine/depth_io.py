@@ -126,7 +126,7 @@ def write_depth_exr(path: str | os.PathLike[str], depth: Any) -> Path:
     """Write ``depth`` (metres) as a single-channel (``Y``) float32 OpenEXR file, ZIP-compressed (lossless)."""
     arr = np.ascontiguousarray(_as_depth(depth))
     try:
-        import OpenEXR
+        import OpenEXR  # type: ignore[import-not-found]  # no stubs; optional at runtime
     except ImportError as e:  # Blender's bundled Python, for instance
         raise DepthFileError(f"{path}: writing .exr needs the OpenEXR package (pip install OpenEXR)") from e
     path = Path(path)
@@ -255,7 +255,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _read_exr(path: Path) -> np.ndarray:
     try:
-        import OpenEXR
+        import OpenEXR  # type: ignore[import-not-found]  # no stubs; optional at runtime
     except ImportError as e:
         raise DepthFileError(f"{path}: reading .exr needs the OpenEXR package (pip install OpenEXR)") from e
     try:

@@ -1,0 +1,111 @@
+"""The extension zip and the add-on's static checks: layout, manifest, Blender's own validator, mypy on
+fake-bpy-module stubs, and the vendored engine importing without torch/Pillow/OpenEXR."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+build = importlib.import_module("build")
+
+
+@pytest.fixture(scope="module")
+def zip_path(tmp_path_factory) -> Path:
+    return build.build(tmp_path_factory.mktemp("dist"))
+
+
+def test_manifest_fields():
+    manifest = tomllib.loads((REPO_ROOT / "blender_manifest.toml").read_text())
+    assert manifest["schema_version"] == "1.0.0" and manifest["type"] == "add-on"
+    assert manifest["blender_version_min"] == "4.2.0"
+    assert manifest["license"] == ["SPDX:GPL-3.0-or-later"]
+    assert set(manifest["permissions"]) == {"files"}  # only what it uses, each with its reason
+    assert len(manifest["permissions"]["files"]) <= 64
+    import metricgold_engine
+
+    assert manifest["version"] == metricgold_engine.__version__
+
+
+def test_zip_layout_exact(zip_path):
+    assert zip_path.name == "metricgold-0.1.0.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        names = sorted(zf.namelist())
+        assert zf.testzip() is None
+    addon = sorted(p.name for p in (REPO_ROOT / "metricgold_blender").glob("*.py"))
+    vendored = ["_vendor/__init__.py"] + [
+        f"_vendor/metricgold_engine/{n}" for n in ("__init__.py", "client.py", "depth_io.py", "geometry.py",
+                                                   "protocol.py")]
+    assert names == sorted(["blender_manifest.toml", *addon, *vendored])  # nothing else (no torch modules)
+
+
+def test_zip_is_reproducible(zip_path, tmp_path):
+    again = build.build(tmp_path)
+    assert again.read_bytes() == zip_path.read_bytes()
+
+
+def test_no_half_written_zip_on_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "zip_entries", lambda: [("a", b"x"), ("b", object())])  # second entry fails
+    with pytest.raises(TypeError):
+        build.build(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_vendoring_rewrites_and_refuses():
+    src = "from metricgold_engine.protocol import x\nfrom metricgold_engine import geometry\n"
+    assert build.vendor_source("m.py", src) == "from .protocol import x\nfrom . import geometry\n"
+    with pytest.raises(build.BuildError, match="cannot be vendored"):
+        build.vendor_source("m.py", "import metricgold_engine.client\n")
+    with pytest.raises(build.BuildError, match="imports torch at module level"):
+        build.check_imports("m.py", "import numpy\nimport torch\n")
+    with pytest.raises(build.BuildError, match="imports PIL.Image at module level"):
+        build.check_imports("m.py", "try:\n    import PIL.Image\nexcept ImportError:\n    pass\n")
+    build.check_imports("m.py", "def f():\n    import torch\n")  # lazy imports are fine
+
+
+def test_blender_extension_validate(zip_path):
+    pytest.importorskip("bpy")
+    assert build.validate_with_blender(zip_path) is True
+
+
+def test_vendored_engine_imports_without_torch_pil_openexr(zip_path, tmp_path):
+    # Blender's Python has numpy but no torch, Pillow or OpenEXR: block them and import the vendored modules.
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(tmp_path / "metricgold")
+    code = r"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "PIL", "OpenEXR", "metricgold_engine"}:
+            raise ImportError(f"blocked {name}")
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1])
+from metricgold._vendor.metricgold_engine import client, geometry, depth_io, protocol
+import numpy as np
+k = geometry.Intrinsics.from_fov(4, 3, 60.0)
+assert geometry.build_grid_mesh(np.ones((3, 4)), k).faces.shape == (6, 4)
+depth_io.write_depth_npy(sys.argv[2], np.ones((2, 2)))
+assert depth_io.read_depth(sys.argv[2]).shape == (2, 2)
+try:
+    depth_io.read_depth(sys.argv[2].replace(".npy", ".exr"))
+except depth_io.DepthFileError as e:
+    assert "no such depth file" in str(e)
+print("ok", client.WorkerClient.__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path / "d.npy")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok WorkerClient"
+
+
+def test_mypy_with_fake_bpy_module():
+    pytest.importorskip("mypy")
+    proc = subprocess.run([sys.executable, "-m", "mypy", "metricgold_blender", "build.py"], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
