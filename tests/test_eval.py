@@ -148,9 +148,12 @@ def test_cli_bad_input_gives_one_clear_error(tmp_path: Path, capsys: pytest.Capt
 @pytest.mark.slow
 def test_cli_end_to_end_with_tiny_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
     make_folder(tmp_path / "data", {"a": "png", "b": "exr"}, h=24, w=32)
+    from trainer.__main__ import main as trainer_main  # `python -m trainer eval ...` dispatches here
+
     out = tmp_path / "results"
-    rc = main(
+    rc = trainer_main(
         [
+            "eval",
             "--model", str(tiny_checkpoint),
             "--dataset", "folder",
             "--data-root", str(tmp_path / "data"),
