@@ -229,6 +229,96 @@ def _table(rng: np.random.Generator, x: float, y: float, yaw: float, name: str) 
     return shapes, h
 
 
+def _local_box(name: str, x: float, y: float, yaw: float, offset: Vec3, half: Vec3, material: MaterialSpec) -> ShapeSpec:
+    """A box placed at ``offset`` in a piece of furniture's frame (origin on the floor at (x, y), turned by yaw)."""
+    ox, oy = _rotate_xy(offset[0], offset[1], yaw)
+    return _box(name, (x + ox, y + oy, offset[2]), half, material, yaw)
+
+
+def _chair(rng: np.random.Generator, x: float, y: float, yaw: float, name: str) -> list[ShapeSpec]:
+    """Seat, backrest (at local -y) and four legs."""
+    w, seat_h, back_h, leg = _u(rng, 0.4, 0.55), _u(rng, 0.4, 0.5), _u(rng, 0.3, 0.5), _u(rng, 0.015, 0.03)
+    mat, leg_mat = _material(rng), _material(rng, textured_p=0.2)
+    shapes = [
+        _local_box(f"{name}_seat", x, y, yaw, (0, 0, seat_h), (w / 2, w / 2, 0.025), mat),
+        _local_box(f"{name}_back", x, y, yaw, (0, -w / 2 + 0.02, seat_h + back_h / 2), (w / 2, 0.02, back_h / 2), mat),
+    ]
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            shapes.append(_local_box(f"{name}_leg", x, y, yaw, (sx * (w / 2 - leg), sy * (w / 2 - leg), seat_h / 2),
+                                     (leg, leg, seat_h / 2), leg_mat))
+    return shapes
+
+
+def _floor_lamp(rng: np.random.Generator, x: float, y: float, h: float, name: str) -> list[ShapeSpec]:
+    """Base disc, pole and a cone shade."""
+    metal, shade = _material(rng, textured_p=0.0), _material(rng, textured_p=0.3)
+    r_shade = _u(rng, 0.15, 0.3)
+    return [
+        ShapeSpec("cylinder", (x, y, 0.015), (0, 0, 0), (0.15, 0.15, 0.015), metal, name=f"{name}_base"),
+        ShapeSpec("cylinder", (x, y, h / 2), (0, 0, 0), (0.015, 0.015, h / 2), metal, name=f"{name}_pole"),
+        ShapeSpec("cone", (x, y, h), (0, 0, 0), (r_shade, r_shade, r_shade * 0.9), shade, name=f"{name}_shade"),
+    ]
+
+
+def _wall_furniture(
+    rng: np.random.Generator, what: str, x: float, y: float, yaw: float, width: float, depth: float, room_h: float,
+    kinds: tuple[str, ...], mesh_files: tuple[str, ...], name: str,
+) -> list[ShapeSpec]:
+    """Furniture standing against a wall; local +y points into the room, local -y to the wall."""
+    mat = _material(rng)
+    if what == "shelf":
+        h = _u(rng, 0.8, min(2.2, room_h - 0.1))
+        n_boards = int(rng.integers(2, 6))
+        shapes = [_local_box(f"{name}_side", x, y, yaw, (sx * (width / 2 - 0.01), 0, h / 2), (0.01, depth / 2, h / 2), mat)
+                  for sx in (-1, 1)]
+        shapes.append(_local_box(f"{name}_back", x, y, yaw, (0, -depth / 2 + 0.005, h / 2), (width / 2, 0.005, h / 2), mat))
+        for k in range(n_boards):
+            z = 0.02 + k * (h - 0.04) / (n_boards - 1)
+            shapes.append(_local_box(f"{name}_board", x, y, yaw, (0, 0, z), (width / 2, depth / 2, 0.01), mat))
+            if k < n_boards - 1:  # things on the board
+                gap = (h - 0.04) / (n_boards - 1) - 0.03
+                for j in range(int(rng.integers(0, 4))):
+                    size = min(_log_u(rng, 0.05, 0.25), gap, depth * 0.9)
+                    ox, oy = _rotate_xy(_u(rng, -width / 2 + 0.1, width / 2 - 0.1), 0.0, yaw)
+                    obj = _random_shape(rng, kinds, size, (x + ox, y + oy, z + 0.01), mesh_files, f"{name}_obj")
+                    shapes.append(obj)
+        return shapes
+    if what == "sofa":
+        seat_h, back_h, arm = _u(rng, 0.35, 0.45), _u(rng, 0.35, 0.5), _u(rng, 0.1, 0.2)
+        return [
+            _local_box(f"{name}_base", x, y, yaw, (0, 0, seat_h / 2), (width / 2, depth / 2, seat_h / 2), mat),
+            _local_box(f"{name}_back", x, y, yaw, (0, -depth / 2 + 0.1, seat_h + back_h / 2), (width / 2, 0.1, back_h / 2), mat),
+            _local_box(f"{name}_arm", x, y, yaw, (-width / 2 + arm / 2, 0, seat_h + 0.1), (arm / 2, depth / 2, 0.1), mat),
+            _local_box(f"{name}_arm", x, y, yaw, (width / 2 - arm / 2, 0, seat_h + 0.1), (arm / 2, depth / 2, 0.1), mat),
+        ]
+    if what == "bed":
+        h = _u(rng, 0.35, 0.55)
+        sheet = _material(rng, textured_p=0.5)
+        return [
+            _local_box(f"{name}_frame", x, y, yaw, (0, 0, h / 2), (width / 2, depth / 2, h / 2), mat),
+            _local_box(f"{name}_mattress", x, y, yaw, (0, 0.02, h + 0.08), (width / 2 - 0.03, depth / 2 - 0.05, 0.08), sheet),
+            _local_box(f"{name}_head", x, y, yaw, (0, -depth / 2 + 0.03, h + 0.4), (width / 2, 0.03, 0.4), mat),
+        ]
+    h = _u(rng, 0.5, min(2.0, room_h - 0.1))  # cabinet
+    shapes = [_local_box(f"{name}_body", x, y, yaw, (0, 0, h / 2), (width / 2, depth / 2, h / 2), mat)]
+    for j in range(int(rng.integers(0, 3))):
+        ox, oy = _rotate_xy(_u(rng, -width / 2 + 0.1, width / 2 - 0.1), 0.0, yaw)
+        shapes.append(_random_shape(rng, kinds, _log_u(rng, 0.08, 0.3), (x + ox, y + oy, h), mesh_files, f"{name}_obj"))
+    return shapes
+
+
+def _box_contains(shape: ShapeSpec, point: np.ndarray, margin: float) -> bool:
+    """Does the shape's oriented box (every unit shape fits [-1, 1]^3 before scaling), grown by ``margin``, hold
+    ``point``? Blender's XYZ Euler: R = Rz @ Ry @ Rx."""
+    ax, ay, az = shape.rotation
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    local = (rz @ ry @ rx).T @ (np.asarray(point, dtype=np.float64) - np.asarray(shape.location))
+    return bool(np.all(np.abs(local) < np.asarray(shape.scale) + margin))
+
+
 def _clear_of(points: list[tuple[float, float, float]], x: float, y: float, r: float) -> bool:
     """True when a disc of radius ``r`` at (x, y) stays clear of every (px, py, pr) disc."""
     return all((x - px) ** 2 + (y - py) ** 2 >= (r + pr) ** 2 for px, py, pr in points)
@@ -255,33 +345,68 @@ def _sample_room(rng: np.random.Generator, mesh_files: tuple[str, ...]) -> tuple
     cam_y = _u(rng, -D / 2 + 0.3, -D / 2 + max(0.35, 0.4 * D))
     cam_z = _u(rng, 0.6, min(1.9, H - 0.3))
     occupied = [(cam_x, cam_y, 0.5)]
-    # Furniture: tables with things on them, cabinets against walls, loose objects on the floor.
-    n_items = int(rng.integers(3, 13))
     kinds = ("cube", "uv_sphere", "ico_sphere", "cylinder", "cone", "torus", "monkey", "mesh_file")
-    for i in range(n_items):
+    # Against the walls: shelves, sofas, cabinets, beds, facing into the room.
+    for i in range(int(rng.integers(1, 5))):
+        wall = int(rng.integers(0, 4))  # 0 north, 1 east, 2 south, 3 west
+        along = W if wall in (0, 2) else D
+        if along < 1.4:
+            continue
+        what = str(rng.choice(["shelf", "sofa", "cabinet", "bed"]))
+        width = min(_u(rng, 0.6, 2.2), along - 0.4)
+        depth = {"shelf": _u(rng, 0.25, 0.45), "sofa": _u(rng, 0.8, 1.0), "cabinet": _u(rng, 0.4, 0.65),
+                 "bed": _u(rng, 1.6, 2.1)}[what]
+        pos = _u(rng, -along / 2 + width / 2 + 0.05, along / 2 - width / 2 - 0.05)
+        inset = depth / 2 + 0.01
+        x, y, yaw = {0: (pos, D / 2 - inset, math.pi), 1: (W / 2 - inset, pos, math.pi / 2),
+                     2: (pos, -D / 2 + inset, 0.0), 3: (-W / 2 + inset, pos, -math.pi / 2)}[wall]
+        r = math.hypot(width, depth) / 2
+        if not _clear_of(occupied, x, y, r):
+            continue
+        occupied.append((x, y, r))
+        shapes += _wall_furniture(rng, what, x, y, yaw, width, depth, H, kinds, mesh_files, f"{what}{i}")
+    # Free-standing: tables with things on them, chairs, lamps, rugs and loose objects.
+    for i in range(int(rng.integers(2, 10))):
+        what = str(rng.choice(["table", "chair", "lamp", "object", "object"]))
+        r = {"table": 0.95, "chair": 0.35, "lamp": 0.3, "object": 0.45}[what]
+        if W / 2 - r <= -W / 2 + r or D / 2 - r <= -D / 2 + r:
+            continue
         for _ in range(20):  # rejection sampling for a free spot
-            what = rng.random()
-            r = 0.9 if what < 0.3 else 0.45
             x, y = _u(rng, -W / 2 + r, W / 2 - r), _u(rng, -D / 2 + r, D / 2 - r)
-            if W / 2 - r > -W / 2 + r and D / 2 - r > -D / 2 + r and _clear_of(occupied, x, y, r):
+            if _clear_of(occupied, x, y, r):
                 break
         else:
             continue
         occupied.append((x, y, r))
         yaw = _u(rng, 0, 2 * math.pi)
-        if what < 0.3:
+        if what == "table":
             table, top = _table(rng, x, y, yaw, f"table{i}")
             shapes += table
-            for j in range(int(rng.integers(0, 4))):
+            for j in range(int(rng.integers(0, 5))):
                 ox, oy = _u(rng, -0.3, 0.3), _u(rng, -0.2, 0.2)
-                shapes.append(_random_shape(rng, kinds, _log_u(rng, 0.08, 0.35), (x + ox, y + oy, top), mesh_files,
+                shapes.append(_random_shape(rng, kinds, _log_u(rng, 0.06, 0.3), (x + ox, y + oy, top), mesh_files,
                                             f"table{i}_obj{j}"))
-        elif what < 0.5:
-            # a cabinet or shelf: a tall or wide box
-            hw, hd, hh = _u(rng, 0.2, 0.8), _u(rng, 0.2, 0.35), _u(rng, 0.3, min(1.1, H / 2 - 0.05))
-            shapes.append(_box(f"cabinet{i}", (x, y, hh), (hw, hd, hh), _material(rng), yaw))
+        elif what == "chair":
+            shapes += _chair(rng, x, y, yaw, f"chair{i}")
+        elif what == "lamp":
+            shapes += _floor_lamp(rng, x, y, min(H - 0.3, _u(rng, 1.2, 1.9)), f"lamp{i}")
         else:
-            shapes.append(_random_shape(rng, kinds, _log_u(rng, 0.2, 0.9), (x, y, 0.0), mesh_files, f"obj{i}"))
+            shapes.append(_random_shape(rng, kinds, _log_u(rng, 0.2, 0.8), (x, y, 0.0), mesh_files, f"obj{i}"))
+    if rng.random() < 0.5:  # a rug: a thin box on the floor (never under the camera's feet, which is fine too)
+        rw, rd = _u(rng, 0.8, min(3.0, W - 0.4)), _u(rng, 0.6, min(2.5, D - 0.4))
+        shapes.append(_box("rug", (_u(rng, -W / 2 + rw / 2, W / 2 - rw / 2), _u(rng, -D / 2 + rd / 2, D / 2 - rd / 2),
+                                   0.006), (rw / 2, rd / 2, 0.006), _material(rng, textured_p=1.0)))
+    for i in range(int(rng.integers(0, 4))):  # pictures on the walls
+        pw, ph = _u(rng, 0.3, 1.2), _u(rng, 0.25, 0.9)
+        wall = int(rng.integers(0, 4))
+        along = W if wall in (0, 2) else D
+        if along < pw + 0.2:
+            continue
+        pos, z = _u(rng, -along / 2 + pw / 2, along / 2 - pw / 2), _u(rng, 1.0, max(1.05, H - ph / 2 - 0.2))
+        x, y, yaw = {0: (pos, D / 2 - 0.015, 0.0), 1: (W / 2 - 0.015, pos, math.pi / 2),
+                     2: (pos, -D / 2 + 0.015, 0.0), 3: (-W / 2 + 0.015, pos, math.pi / 2)}[wall]
+        shapes.append(_box(f"picture{i}", (x, y, z), (pw / 2, 0.015, ph / 2),
+                           _material(rng, textured_p=1.0), yaw))
     lights = []
     for k in range(int(rng.integers(1, 4))):
         lights.append(
@@ -338,10 +463,10 @@ def _sample_tabletop(rng: np.random.Generator, mesh_files: tuple[str, ...]) -> t
 def _sample_street(rng: np.random.Generator, mesh_files: tuple[str, ...]) -> tuple[list[ShapeSpec], list[LightSpec], WorldSpec, CameraSpec]:
     road_w = _u(rng, 6.0, 14.0)
     walk_w = _u(rng, 1.5, 4.0)
-    length = 140.0
+    length = _u(rng, 40.0, 100.0)  # street length; beyond it open ground or a closing row of buildings
     asphalt = MaterialSpec("noise", (0.02, 0.02, 0.025), (0.06, 0.06, 0.065), _u(rng, 2.0, 20.0), _u(rng, 0.6, 1.0))
     shapes = [
-        _box("ground", (0, length / 2 - 10, -0.05), (120.0, length / 2 + 30, 0.05), _material(rng, textured_p=0.9)),
+        _box("ground", (0, 40.0, -0.05), (120.0, 120.0, 0.05), _material(rng, textured_p=0.9)),
         _box("road", (0, length / 2 - 10, 0.001), (road_w / 2, length / 2 + 30, 0.001), asphalt),
     ]
     walk_m = _material(rng, textured_p=0.9)
@@ -359,10 +484,14 @@ def _sample_street(rng: np.random.Generator, mesh_files: tuple[str, ...]) -> tup
                 shapes.append(_box(f"building{side}_{int(y)}", (x, y + bw / 2, height / 2), (depth / 2, bw / 2, height / 2),
                                    _material(rng, textured_p=0.8)))
             y += bw + (_u(rng, 0.0, 10.0) if rng.random() < 0.3 else 0.0)
+    if rng.random() < 0.6:  # a row of buildings closing the street keeps most depth under ~100 m
+        depth, height = _u(rng, 8.0, 20.0), _log_u(rng, 6.0, 40.0)
+        shapes.append(_box("building_end", (_u(rng, -10.0, 10.0), length + depth / 2, height / 2),
+                           (road_w + 2 * walk_w + _u(rng, 10.0, 60.0), depth / 2, height / 2), _material(rng, textured_p=0.8)))
     # Cars on the road, poles and trees on the sidewalks, some loose objects.
     for i in range(int(rng.integers(0, 12))):
         lane_x = _u(rng, -road_w / 2 + 1.2, road_w / 2 - 1.2)
-        y = _u(rng, 3.0, 90.0)
+        y = _u(rng, 3.0, length)
         L, Wc, Hc = _u(rng, 3.5, 5.2), _u(rng, 1.6, 2.0), _u(rng, 0.9, 1.2)
         body = _material(rng, textured_p=0.1)
         yaw = math.radians(_u(rng, -8.0, 8.0))
@@ -371,7 +500,7 @@ def _sample_street(rng: np.random.Generator, mesh_files: tuple[str, ...]) -> tup
                            MaterialSpec("plain", (0.02, 0.03, 0.04), (0, 0, 0), 1.0, 0.1), yaw))
     for i in range(int(rng.integers(0, 14))):
         side = 1 if rng.random() < 0.5 else -1
-        x, y = side * (road_w / 2 + _u(rng, 0.3, walk_w - 0.3)), _u(rng, 2.0, 100.0)
+        x, y = side * (road_w / 2 + _u(rng, 0.3, walk_w - 0.3)), _u(rng, 2.0, length)
         if rng.random() < 0.5:
             h, r = _u(rng, 3.0, 9.0), _u(rng, 0.05, 0.2)
             shapes.append(ShapeSpec("cylinder", (x, y, h / 2), (0, 0, 0), (r, r, h / 2), _material(rng, textured_p=0.2),
@@ -398,9 +527,8 @@ def _sample_street(rng: np.random.Generator, mesh_files: tuple[str, ...]) -> tup
                         _camera_rotation(_u(rng, -12.0, 6.0), _u(rng, -4.0, 4.0), _u(rng, -35.0, 35.0)),
                         lens_from_horizontal_fov(_u(rng, 45.0, 95.0)))
     # Keep the camera out of any object it could start inside (cars, poles, trees, loose objects).
-    cx, cy = camera.location[0], camera.location[1]
-    shapes = [s for s in shapes if s.name in ("ground", "road") or s.name.startswith("sidewalk")
-              or (s.location[0] - cx) ** 2 + (s.location[1] - cy) ** 2 > (max(s.scale[:2]) * 1.5 + 0.6) ** 2]
+    cam = np.asarray(camera.location)
+    shapes = [s for s in shapes if not _box_contains(s, cam, margin=0.3)]
     return shapes, lights, world, camera
 
 
