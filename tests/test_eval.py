@@ -183,9 +183,7 @@ def test_evaluate_takes_a_pipeline_or_a_seeded_predictor(tiny_pipeline, tmp_path
     assert 0.0 <= direct["metrics"]["delta1"] <= 1.0
     predict = make_predictor(tiny_pipeline, num_inference_steps=2, ensemble_size=1, processing_resolution=32, seed=5)
     first = evaluate(predict, ds, progress=False)
-    second = evaluate(predict, ds, progress=False)
-    assert first["metrics"] == second["metrics"]  # same seed, same numbers
-    # The numbers are those of the pipeline's own prediction, scored independently here.
+    # The numbers are those of a fresh prediction with the same seed, scored independently here.
     pred = np.clip(tiny_pipeline(ds[0].rgb, num_inference_steps=2, ensemble_size=1, processing_resolution=32,
                                  seed=5).depth, 1e-3, 80.0)
     gt = ds[0].depth
