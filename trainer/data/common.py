@@ -12,9 +12,8 @@ Conventions (docs/datasets.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,7 +31,6 @@ class Sample:
     depth: np.ndarray  # float32 H x W, planar metres, invalid = 0
     valid: np.ndarray  # bool H x W
     intrinsics: dict[str, float] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def valid_range_mask(depth: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
