@@ -226,6 +226,10 @@ def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
+#: sRGB byte value -> linear, for 8-bit images (a table: 256 powers instead of one per pixel).
+_SRGB_BYTE_TO_LINEAR = _srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
+
+
 def vertex_colours(gm: Any, depth_shape: tuple[int, int], image: Any | None, depth: np.ndarray) -> np.ndarray:
     """Linear RGBA per vertex: the photo's pixel under each vertex, or a Spectral depth colour without a photo."""
     if image is None:
@@ -240,26 +244,46 @@ def vertex_colours(gm: Any, depth_shape: tuple[int, int], image: Any | None, dep
     # Pixel centre of the depth grid -> nearest pixel of the photo (they may differ in size).
     u = np.clip(np.rint((gm.pixels[:, 0] + 0.5) * wi / wd - 0.5), 0, wi - 1).astype(np.int64)
     v = np.clip(np.rint((gm.pixels[:, 1] + 0.5) * hi_ / hd - 0.5), 0, hi_ - 1).astype(np.int64)
-    rgba = px[v, u].astype(np.float64)
+    rgba = px[v, u]
     if not image.is_float and not image.colorspace_settings.is_data:
-        rgba[:, :3] = _srgb_to_linear(rgba[:, :3])  # byte images hold sRGB-encoded values
-    return rgba.astype(np.float32)
+        # byte images hold sRGB-encoded values k / 255
+        rgba[:, :3] = _SRGB_BYTE_TO_LINEAR[np.rint(rgba[:, :3] * 255.0).astype(np.uint8)]
+    return rgba.astype(np.float32, copy=False)
+
+
+def _set_attribute(mesh: Any, name: str, key: str, values: np.ndarray, fallback: tuple[Any, str]) -> None:
+    """Write a built-in attribute directly (one memcpy); older Blenders go through the legacy collection."""
+    attr = mesh.attributes.get(name)
+    if attr is not None:
+        attr.data.foreach_set(key, values)
+    else:
+        collection, legacy_key = fallback
+        collection.foreach_set(legacy_key, values)
 
 
 def fill_mesh(mesh: Any, gm: Any, metres_per_bu: float) -> None:
-    """Vertices, quads and per-loop UVs of ``gm`` into an empty ``mesh``, all with foreach_set."""
-    n_verts, n_faces = len(gm.vertices), len(gm.faces)
+    """Vertices, edges, quads and per-corner UVs of ``gm`` into an empty ``mesh``, all with foreach_set.
+
+    The edges come from :func:`geometry.grid_edges`, so Blender's edge search (``update(calc_edges=True)``, most of
+    the time of ``Mesh.from_pydata``) is not needed.
+    """
+    n_verts, n_faces, n_edges = len(gm.vertices), len(gm.faces), len(gm.edges)
     mesh.vertices.add(n_verts)
-    mesh.vertices.foreach_set("co", (gm.vertices / metres_per_bu).astype(np.float32).ravel())
+    co = (gm.vertices / metres_per_bu).astype(np.float32).ravel()
+    _set_attribute(mesh, "position", "vector", co, (mesh.vertices, "co"))
     if n_faces:
+        mesh.edges.add(n_edges)
+        _set_attribute(mesh, ".edge_verts", "value", gm.edges.astype(np.int32).ravel(), (mesh.edges, "vertices"))
         mesh.loops.add(4 * n_faces)
-        mesh.loops.foreach_set("vertex_index", gm.faces.astype(np.int32).ravel())
+        _set_attribute(mesh, ".corner_vert", "value", gm.faces.astype(np.int32).ravel(), (mesh.loops, "vertex_index"))
+        _set_attribute(mesh, ".corner_edge", "value", gm.face_edges.astype(np.int32).ravel(), (mesh.loops, "edge_index"))
         mesh.polygons.add(n_faces)
         mesh.polygons.foreach_set("loop_start", np.arange(0, 4 * n_faces, 4, dtype=np.int32))
-    mesh.update(calc_edges=True)
-    if n_faces:
-        uv_layer = mesh.uv_layers.new(name="UVMap")
-        uv_layer.uv.foreach_set("vector", gm.uvs[gm.faces.ravel()].astype(np.float32).ravel())
+        # A FLOAT2 corner attribute is a UV map (Blender >= 3.5); uv_layers.new would first fill in default UVs.
+        uv_map = mesh.attributes.new("UVMap", "FLOAT2", "CORNER")
+        uv_map.data.foreach_set("vector", gm.uvs.astype(np.float32)[gm.faces.ravel()].ravel())
+        mesh.uv_layers.active = mesh.uv_layers["UVMap"]
+    mesh.update()
 
 
 def add_point_attribute(mesh: Any, name: str, values: np.ndarray) -> None:
@@ -365,9 +389,10 @@ def build_depth_scene(
             add_point_attribute(mesh, "depth", gm.depth)  # metres, whatever the unit scale
             if uncertainty is not None:
                 add_point_attribute(mesh, "uncertainty", gm.vertex_values(uncertainty))
-            colours = mesh.color_attributes.new("Color", "FLOAT_COLOR", "POINT")
-            colours.data.foreach_set("color", vertex_colours(gm, (hd, wd), image, depth).ravel())
-            mesh.color_attributes.active_color = colours
+            if options.point_cloud or image is None:  # a photo on a mesh is shown through the UVs instead
+                colours = mesh.color_attributes.new("Color", "FLOAT_COLOR", "POINT")
+                colours.data.foreach_set("color", vertex_colours(gm, (hd, wd), image, depth).ravel())
+                mesh.color_attributes.active_color = colours
 
             mat = made.add(bpy.data.materials, make_material(
                 f"{name} material", image, options.shading, use_colour_attribute=options.point_cloud))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "build_grid_mesh",
     "discontinuity_face_mask",
     "focal_35mm_from_exif",
+    "grid_edges",
     "grid_faces",
     "pixel_uvs",
     "resolve_intrinsics",
@@ -198,14 +199,15 @@ def unproject(depth: np.ndarray, k: Intrinsics, stride: int = 1) -> np.ndarray:
 
 
 def grid_faces(rows: int, cols: int) -> np.ndarray:
-    """Quads of a ``rows`` x ``cols`` vertex grid (vertex ``r * cols + c``), shape ((rows-1)*(cols-1), 4).
+    """Quads of a ``rows`` x ``cols`` vertex grid (vertex ``r * cols + c``), shape ((rows-1)*(cols-1), 4), int32
+    (Blender's index type).
 
     Winding is counter-clockwise as seen from the camera (top-left, bottom-left, bottom-right, top-right), so the
     normals face the camera.
     """
     if rows < 2 or cols < 2:
-        return np.zeros((0, 4), dtype=np.int64)
-    idx = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
+        return np.zeros((0, 4), dtype=np.int32)
+    idx = np.arange(rows * cols, dtype=np.int32).reshape(rows, cols)
     top_left, top_right = idx[:-1, :-1], idx[:-1, 1:]
     bottom_left, bottom_right = idx[1:, :-1], idx[1:, 1:]
     return np.stack([top_left, bottom_left, bottom_right, top_right], axis=-1).reshape(-1, 4)
@@ -228,6 +230,21 @@ def discontinuity_face_mask(depth_grid: np.ndarray, faces: np.ndarray, max_relat
     return keep
 
 
+def _grid_face_keep(d_grid: np.ndarray, max_relative_jump: float | None) -> np.ndarray:
+    """:func:`discontinuity_face_mask` for all quads of a grid at once, (rows-1, cols-1), from shifted views of
+    the depth grid instead of gathering corners (NaN marks invalid depth; np.minimum/maximum propagate it)."""
+    corners = (d_grid[:-1, :-1], d_grid[1:, :-1], d_grid[1:, 1:], d_grid[:-1, 1:])
+    lo = np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(lo) & (lo > 0)
+        if max_relative_jump is not None:
+            if max_relative_jump < 0:
+                raise ValueError(f"max_relative_jump must be >= 0, got {max_relative_jump}")
+            hi = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
+            keep &= (hi - lo) <= max_relative_jump * lo
+    return keep
+
+
 def pixel_uvs(rows: np.ndarray, cols: np.ndarray, width: int, height: int) -> np.ndarray:
     """UV of each pixel centre of the grid, shape (len(rows), len(cols), 2); Blender's UV origin is bottom-left."""
     u = (cols.astype(np.float64) + 0.5) / width
@@ -236,11 +253,49 @@ def pixel_uvs(rows: np.ndarray, cols: np.ndarray, width: int, height: int) -> np
     return np.stack([uu, vv], axis=-1)
 
 
+def grid_edges(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of the kept quads of a vertex grid, and each kept quad's corner edges, without searching.
+
+    ``keep`` is the (rows-1, cols-1) mask of quads (in :func:`grid_faces` order). Returns ``edges`` (E, 2) grid
+    vertex indices, every edge used by a kept quad exactly once, and ``face_edges`` (F, 4): for corner ``i`` of each
+    kept quad, the edge from corner ``i`` to corner ``i + 1`` (Blender's ``corner_edge``). A grid's edges are known
+    in advance: horizontal ``(r, c)-(r, c+1)`` and vertical ``(r, c)-(r+1, c)``; an edge exists when a quad on
+    either side of it is kept. This replaces Blender's hash-based edge search, the slowest step of building a mesh.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    fr, fc = keep.shape
+    rows, cols = fr + 1, fc + 1
+    used_h = np.zeros((rows, fc), dtype=bool)  # (r, c)-(r, c+1): the quad above or below
+    used_h[:-1] |= keep
+    used_h[1:] |= keep
+    used_v = np.zeros((fr, cols), dtype=bool)  # (r, c)-(r+1, c): the quad left or right
+    used_v[:, :-1] |= keep
+    used_v[:, 1:] |= keep
+    n_h = int(used_h.sum())
+    id_h = (np.cumsum(used_h.ravel()) - 1).reshape(rows, fc)
+    id_v = (np.cumsum(used_v.ravel()) - 1).reshape(fr, cols) + n_h
+
+    idx = np.arange(rows * cols, dtype=np.int32).reshape(rows, cols)
+    edges_h = np.stack([idx[:, :-1][used_h], idx[:, 1:][used_h]], axis=-1)
+    edges_v = np.stack([idx[:-1, :][used_v], idx[1:, :][used_v]], axis=-1)
+    edges = np.concatenate([edges_h, edges_v]).astype(np.int32, copy=False)
+
+    # Corners in grid_faces order: top-left, bottom-left, bottom-right, top-right.
+    face_edges = np.stack([
+        id_v[:, :-1][keep],  # top-left -> bottom-left: the left vertical edge
+        id_h[1:, :][keep],  # bottom-left -> bottom-right: the bottom horizontal edge
+        id_v[:, 1:][keep],  # bottom-right -> top-right: the right vertical edge
+        id_h[:-1, :][keep],  # top-right -> top-left: the top horizontal edge
+    ], axis=-1).astype(np.int32)
+    return edges, face_edges
+
+
 @dataclass(frozen=True)
 class GridMesh:
     """A depth map as mesh arrays, in Blender camera space and metres.
 
-    ``vertices`` (N, 3) float64; ``faces`` (F, 4) int64 indices into ``vertices`` (empty for a point cloud);
+    ``vertices`` (N, 3) float64; ``faces`` (F, 4) int32 indices into ``vertices`` (empty for a point cloud);
+    ``edges`` (E, 2) int32, the faces' edges; ``face_edges`` (F, 4) int32, the edge after each face corner;
     ``pixels`` (N, 2) int64 ``(u, v)`` pixel of each vertex; ``uvs`` (N, 2) float64; ``depth`` (N,) float64.
     Only pixels with valid depth become vertices.
     """
@@ -251,6 +306,8 @@ class GridMesh:
     uvs: np.ndarray
     depth: np.ndarray
     grid_shape: tuple[int, int]
+    edges: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int32))
+    face_edges: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int32))
 
     def vertex_values(self, image: np.ndarray) -> np.ndarray:
         """Per-vertex samples of an H x W (x C) array with the depth's pixel grid (colours, uncertainty)."""
@@ -279,22 +336,29 @@ def build_grid_mesh(
     d_grid = -points[..., 2]  # NaN where invalid
     valid = np.isfinite(d_grid).reshape(-1)
 
-    if faces:
-        quads = grid_faces(n_rows, n_cols)
-        quads = quads[discontinuity_face_mask(d_grid, quads, max_relative_jump)]
+    if faces and n_rows > 1 and n_cols > 1:
+        keep = _grid_face_keep(d_grid, max_relative_jump)
+        quads = grid_faces(n_rows, n_cols)[keep.ravel()]
+        edges, face_edges = grid_edges(keep)
     else:
-        quads = np.zeros((0, 4), dtype=np.int64)
+        quads = np.zeros((0, 4), dtype=np.int32)
+        edges, face_edges = np.zeros((0, 2), dtype=np.int32), np.zeros((0, 4), dtype=np.int32)
 
-    # Renumber: old grid index -> index among valid vertices.
-    new_index = np.cumsum(valid) - 1
     uu, vv = np.meshgrid(cols_idx, rows_idx)
-    pixels = np.stack([uu.reshape(-1), vv.reshape(-1)], axis=-1)[valid]
-    uvs = pixel_uvs(rows_idx, cols_idx, depth.shape[1], depth.shape[0]).reshape(-1, 2)[valid]
+    pixels = np.stack([uu.reshape(-1), vv.reshape(-1)], axis=-1)
+    uvs = pixel_uvs(rows_idx, cols_idx, depth.shape[1], depth.shape[0]).reshape(-1, 2)
+    vertices, vertex_depth = points.reshape(-1, 3), d_grid.reshape(-1)
+    if not valid.all():  # drop invalid vertices: old grid index -> index among the valid ones
+        new_index = (np.cumsum(valid) - 1).astype(np.int32)
+        quads, edges = new_index[quads], new_index[edges]
+        vertices, vertex_depth, pixels, uvs = vertices[valid], vertex_depth[valid], pixels[valid], uvs[valid]
     return GridMesh(
-        vertices=points.reshape(-1, 3)[valid],
-        faces=new_index[quads].astype(np.int64),
-        pixels=pixels.astype(np.int64),
+        vertices=vertices,
+        faces=quads,
+        pixels=pixels.astype(np.int64, copy=False),
         uvs=uvs,
-        depth=d_grid.reshape(-1)[valid],
+        depth=vertex_depth,
         grid_shape=(n_rows, n_cols),
+        edges=edges,
+        face_edges=face_edges,
     )

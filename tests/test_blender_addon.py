@@ -119,6 +119,7 @@ def test_fronto_parallel_plane(scene, tmp_path):
     assert scene.camera == camera
     assert (scene.render.resolution_x, scene.render.resolution_y) == (W, H)
     assert len(obj.data.vertices) == W * H and len(obj.data.polygons) == (W - 1) * (H - 1)
+    assert not obj.data.validate()  # our own edges and corners: nothing for Blender to fix
     np.testing.assert_allclose(vertex_positions(obj), analytic_world(depth, FX, FY, CX, CY), atol=1e-4)
     check_projects_to_pixel_centres(scene, obj, camera, W, H, depth.reshape(-1))
     # The stored depth attribute is the depth in metres.
@@ -155,6 +156,9 @@ def test_step_png16_cut_and_unit_scale(scene, tmp_path):
     world_bu = vertex_positions(obj)
     np.testing.assert_allclose(world_bu * 0.01, analytic_world(depth, FX, FY, CX, CY), atol=1e-4)
     assert len(obj.data.polygons) == (W - 1) * (H - 1) - (H - 1)  # one column of faces cut at the step
+    # all grid edges but the H horizontal ones across the step, (r, 5)-(r, 6): no kept face uses them
+    assert len(obj.data.edges) == (W - 1) * H + W * (H - 1) - H
+    assert not obj.data.validate()
     check_projects_to_pixel_centres(scene, obj, scene.camera, W, H, depth.reshape(-1) / 0.01)
 
 

@@ -76,7 +76,7 @@ def test_depth_file_intrinsics_and_render(tmp_path):
     objs = info["collections"]["MetricGold desk"]
     assert objs["MetricGold desk"]["vertices"] == 32 * 24
     assert objs["MetricGold desk"]["images"] == ["desk.png"]
-    assert {"depth", "Color"} <= set(objs["MetricGold desk"]["attributes"])
+    assert {"depth", "UVMap"} <= set(objs["MetricGold desk"]["attributes"])
     cam = objs["MetricGold desk camera"]
     assert cam["lens"] / cam["sensor_width"] == pytest.approx(30 / 32)  # fx / W
     assert cam["shift_x"] == pytest.approx(0.0, abs=1e-7) and cam["shift_y"] == pytest.approx(0.0, abs=1e-7)

@@ -14,6 +14,7 @@ from metricgold_engine.geometry import (
     build_grid_mesh,
     discontinuity_face_mask,
     focal_35mm_from_exif,
+    grid_edges,
     grid_faces,
     pixel_uvs,
     resolve_intrinsics,
@@ -201,3 +202,55 @@ def test_build_grid_mesh_stride_point_cloud_and_cut():
     assert m.faces.shape == ((6 * 9) - 6, 4)  # the column of faces across the step is cut
     colours = np.arange(7 * 10).reshape(7, 10)
     np.testing.assert_array_equal(m.vertex_values(colours), m.pixels[:, 1] * 10 + m.pixels[:, 0])
+
+
+def _edges_by_search(faces: np.ndarray) -> set[tuple[int, int]]:
+    """Independent reference: every face's consecutive corner pairs, as sorted tuples."""
+    return {tuple(sorted((int(f[i]), int(f[(i + 1) % 4])))) for f in faces for i in range(4)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grid_edges_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    rows, cols = 6, 9
+    keep = rng.random((rows - 1, cols - 1)) < 0.6
+    faces = grid_faces(rows, cols)[keep.ravel()]
+    edges, face_edges = grid_edges(keep)
+    as_set = {tuple(sorted(map(int, e))) for e in edges}
+    assert len(as_set) == len(edges)  # each edge once
+    assert as_set == _edges_by_search(faces)
+    # corner i's edge joins corner i and corner i + 1
+    for f, fe in zip(faces, face_edges):
+        for i in range(4):
+            assert set(edges[fe[i]]) == {f[i], f[(i + 1) % 4]}
+
+
+def test_grid_edges_hand_values():
+    # 2 x 3 vertices, both quads kept: 2 + 2 horizontal edges, 3 vertical edges.
+    edges, face_edges = grid_edges(np.ones((1, 2), bool))
+    np.testing.assert_array_equal(edges, [[0, 1], [1, 2], [3, 4], [4, 5], [0, 3], [1, 4], [2, 5]])
+    np.testing.assert_array_equal(face_edges, [[4, 2, 5, 0], [5, 3, 6, 1]])
+
+
+def test_build_grid_mesh_edges_after_renumbering():
+    k = Intrinsics.from_fov(5, 4, 60.0)
+    depth = np.full((4, 5), 2.0)
+    depth[2, 3] = np.nan
+    depth[:, 0] = 5.0
+    m = build_grid_mesh(depth, k, max_relative_jump=0.1)
+    assert _edges_by_search(m.faces) == {tuple(sorted(map(int, e))) for e in m.edges}
+    assert m.edges.max() < len(m.vertices)
+    for f, fe in zip(m.faces, m.face_edges):
+        for i in range(4):
+            assert set(m.edges[fe[i]]) == {f[i], f[(i + 1) % 4]}
+
+
+@pytest.mark.parametrize("jump", [None, 0.0, 0.1, 1.0])
+def test_grid_face_keep_matches_face_mask(jump):
+    from metricgold_engine.geometry import _grid_face_keep
+
+    rng = np.random.default_rng(3)
+    d = rng.uniform(1.0, 1.3, size=(7, 9))
+    d[rng.random(d.shape) < 0.1] = np.nan
+    np.testing.assert_array_equal(
+        _grid_face_keep(d, jump).ravel(), discontinuity_face_mask(d, grid_faces(7, 9), jump))
