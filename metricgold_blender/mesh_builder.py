@@ -324,12 +324,16 @@ def make_material(name: str, image: Any | None, shading: str, use_colour_attribu
 
 
 def points_node_group(created: Created) -> Any:
-    """Geometry nodes turning the vertices into points of radius ``point_radius`` (attribute), with material."""
-    group = bpy.data.node_groups.get(POINTS_NODE_GROUP)
+    """Geometry nodes: vertices -> points of radius ``point_radius`` (attribute) with the modifier's material.
+
+    Mesh to Points keeps the vertex attributes (``Color``, ``depth``), so the material reads the photo's colours.
+    """
+    group: Any = bpy.data.node_groups.get(POINTS_NODE_GROUP)
     if group is not None and group.bl_idname == "GeometryNodeTree":
         return group
     group = created.add(bpy.data.node_groups, bpy.data.node_groups.new(POINTS_NODE_GROUP, "GeometryNodeTree"))
     group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket("Material", in_out="INPUT", socket_type="NodeSocketMaterial")
     group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
     nodes, links = group.nodes, group.links
     g_in, g_out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
@@ -337,10 +341,18 @@ def points_node_group(created: Created) -> Any:
     radius = nodes.new("GeometryNodeInputNamedAttribute")
     radius.data_type = "FLOAT"
     radius.inputs["Name"].default_value = "point_radius"
-    links.new(g_in.outputs[0], to_points.inputs["Mesh"])
+    set_material = nodes.new("GeometryNodeSetMaterial")
+    links.new(g_in.outputs["Geometry"], to_points.inputs["Mesh"])
     links.new(radius.outputs["Attribute"], to_points.inputs["Radius"])
-    links.new(to_points.outputs["Points"], g_out.inputs[0])
+    links.new(to_points.outputs["Points"], set_material.inputs["Geometry"])
+    links.new(g_in.outputs["Material"], set_material.inputs["Material"])
+    links.new(set_material.outputs["Geometry"], g_out.inputs["Geometry"])
     return group
+
+
+def material_input_identifier(group: Any) -> str:
+    return next(item.identifier for item in group.interface.items_tree
+                if getattr(item, "in_out", None) == "INPUT" and item.socket_type == "NodeSocketMaterial")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,8 +428,9 @@ def build_depth_scene(
                     mesh, "point_radius",
                     options.point_size * 0.5 * options.stride * gm.depth / min(k_depth.fx, k_depth.fy) / unit,
                 )
-                modifier = obj.modifiers.new("MetricGold points", "NODES")
+                modifier: Any = obj.modifiers.new("MetricGold points", "NODES")
                 modifier.node_group = points_node_group(made)
+                modifier[material_input_identifier(modifier.node_group)] = mat
 
             collection = made.add(bpy.data.collections, bpy.data.collections.new(name))
             collection.objects.link(cam_obj)

@@ -162,7 +162,7 @@ def test_step_png16_cut_and_unit_scale(scene, tmp_path):
     check_projects_to_pixel_centres(scene, obj, scene.camera, W, H, depth.reshape(-1) / 0.01)
 
 
-def test_photo_uvs_material_and_point_cloud(scene, tmp_path):
+def test_photo_uvs_material_and_point_cloud(addon, scene, tmp_path):
     rgb = np.zeros((H, W, 3), np.uint8)
     rgb[..., 0] = np.arange(W)[None, :] * 20
     rgb[..., 1] = np.arange(H)[:, None] * 30
@@ -195,7 +195,27 @@ def test_photo_uvs_material_and_point_cloud(scene, tmp_path):
     pc.data.color_attributes["Color"].data.foreach_get("color_srgb", col)
     col = col.reshape(4, 6, 4)  # rows 0, 2, 4, 6 x columns 0, 2, ..., 10
     np.testing.assert_allclose(col[..., :3] * 255, rgb[::2, ::2].astype(np.float64), atol=0.6)
-    assert pc.modifiers[0].type == "NODES"
+    modifier = pc.modifiers[0]
+    assert modifier.type == "NODES" and modifier.node_group.name == "MetricGold Points"
+    ident = mod(addon, "mesh_builder").material_input_identifier(modifier.node_group)
+    assert modifier[ident] == pc.data.materials[0]  # the points render with the photo's colours
+    # what renders is a point cloud (Mesh to Points), one point per vertex
+    point_clouds = [inst.object.data for inst in bpy.context.evaluated_depsgraph_get().object_instances
+                    if inst.object.type == "POINTCLOUD" and inst.object.original == pc]
+    assert len(point_clouds) == 1 and len(point_clouds[0].points) == 24
+    assert "Color" in point_clouds[0].attributes
+
+
+def test_exif_focal_length_sets_camera(scene, tmp_path):
+    exif = Image.Exif()
+    exif[0x8769] = {0xA405: 26}  # FocalLengthIn35mmFilm
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    depth_io.write_depth_npy(tmp_path / "phone.npy", np.full((H, W), 2.0))
+    assert bpy.ops.metricgold.depth_map_to_mesh(
+        filepath=str(tmp_path / "phone.npy"), image_path=str(tmp_path / "phone.jpg")) == {"FINISHED"}
+    cam = bpy.data.objects["MetricGold phone camera"].data
+    fx = 26.0 * math.hypot(W, H) / math.hypot(36.0, 24.0)  # 35 mm equivalent: the diagonals match
+    assert cam.lens / cam.sensor_width == pytest.approx(fx / W)
 
 
 def test_blender_fallback_reader_matches_depth_io(addon, tmp_path, monkeypatch):
