@@ -370,9 +370,12 @@ def test_generate_is_deterministic_resumable_and_readable_by_the_trainer(tmp_pat
     (out / "rgb/000001.png").unlink()
     stale = out / "rgb" / ".000001.abc.tmp.png"
     stale.write_bytes(b"half")
+    other = out / "depth" / ".000007.xyz.tmp.npy"  # another process's frame in flight: not ours to remove
+    other.write_bytes(b"busy")
     stats = generate(out, 3, seed=5, **kw)
     assert (stats.rendered, stats.skipped) == (1, 2)
-    assert frame_done(out, "000001") and not stale.exists()
+    assert frame_done(out, "000001") and not stale.exists() and other.exists()
+    other.unlink()
     assert np.array_equal(np.load(out / "depth/000001.npy"), depth1)
     for p, t in mtimes.items():
         if p.name not in ("train.txt", "val.txt", "synth.json"):

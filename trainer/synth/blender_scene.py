@@ -14,9 +14,12 @@ channel with the OpenEXR package, which needs no compositor set-up (the composit
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import bpy  # type: ignore[import-not-found]
@@ -100,10 +103,31 @@ def reset_scene() -> bpy.types.Scene:
     return bpy.context.scene
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence C-level stdout: probing GPU back-ends makes Cycles log a warning line per missing driver."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def select_device(device: str) -> str:
     """Point Cycles at a GPU when one is usable (``auto``/``gpu``) and return ``"GPU"`` or ``"CPU"``."""
-    if device == "cpu":
-        return "CPU"
+    with _quiet_stdout():
+        if device == "cpu":
+            # Initialise Cycles' device list now, quietly, rather than with log lines at the first render.
+            bpy.context.preferences.addons["cycles"].preferences.refresh_devices()
+            return "CPU"
+        return _select_gpu(device)
+
+
+def _select_gpu(device: str) -> str:
     prefs = bpy.context.preferences.addons["cycles"].preferences
     for backend in ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL"):
         try:

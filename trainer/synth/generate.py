@@ -95,14 +95,26 @@ def render_scene_to_files(
         write_intrinsics_json(paths["intrinsics"], intrinsics.as_json())
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Temporary files of a killed run (hidden ``.NAME.*.tmp.*`` files) are never renamed: remove them."""
+def _remove_stale_temporaries(out: Path, names: set[str], scratch_age_s: float = 600.0) -> None:
+    """Temporary files of a killed run are never renamed: remove those of this run's frames (``.NAME.*.tmp.*``,
+    leaving other processes' frames alone) and render scratch files (``.zpass.*``, ``.combined.*``, alive for
+    seconds) older than ``scratch_age_s``."""
+    now = time.time()
     for sub in ("rgb", "depth", "intrinsics"):
         folder = out / sub
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.name.startswith(".") and ".tmp" in p.name:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if not p.name.startswith("."):
+                continue
+            stem = p.name[1:].split(".", 1)[0]
+            try:
+                if stem in names and ".tmp" in p.name:
                     p.unlink(missing_ok=True)
+                elif stem in ("zpass", "combined") and now - p.stat().st_mtime > scratch_age_s:
+                    p.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass  # another process finished with it
 
 
 def generate(
@@ -157,10 +169,10 @@ def generate(
         "depth_format": depth_format,
         "val_fraction": val_fraction,
     })
-    _remove_stale_temporaries(out)
+    indices = range(start, start + count)
+    _remove_stale_temporaries(out, {frame_name(i) for i in indices})
     device_type = blender_scene.select_device(device)
 
-    indices = range(start, start + count)
     todo = [i for i in indices if not frame_done(out, frame_name(i), depth_format)]
     skipped = count - len(todo)
     t0 = time.perf_counter()
