@@ -11,6 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -274,7 +275,7 @@ def test_tilted_plane_matches_ray_casting_and_unprojects_onto_the_plane(tmp_path
     assert np.abs((pts_blender - front) @ normal).max() < 1e-3
 
 
-def _k_from_view_frame(cam: "bpy.types.Object", width: int, height: int) -> tuple[float, float, float, float]:
+def _k_from_view_frame(cam: Any, width: int, height: int) -> tuple[float, float, float, float]:
     """fx, fy, cx, cy from Blender's own image-plane corners of the camera (pixel-centre convention)."""
     corners = np.array([tuple(c) for c in cam.data.view_frame(scene=bpy.context.scene)])
     z = -corners[0, 2]
@@ -288,7 +289,7 @@ def _k_from_view_frame(cam: "bpy.types.Object", width: int, height: int) -> tupl
                                             ("VERTICAL", (64, 48), (0.0, 0.2)), ("HORIZONTAL", (40, 60), (0.1, 0.1))])
 def test_intrinsics_match_blender_view_frame(fit: str, size: tuple[int, int], shift: tuple[float, float]) -> None:
     scene = blender_scene.build_scene(_known_scene([]), blender_scene.RenderSettings(*size, samples=1))
-    cam = scene.camera
+    cam: Any = scene.camera
     cam.data.sensor_fit, cam.data.sensor_width, cam.data.sensor_height = fit, 36.0, 24.0
     cam.data.shift_x, cam.data.shift_y = shift
     k = blender_camera_intrinsics(lens_mm=cam.data.lens, width=size[0], height=size[1], sensor_width_mm=36.0,
@@ -341,7 +342,7 @@ def test_imported_mesh_is_normalised_and_placed(tmp_path: Path) -> None:
 def test_generate_is_deterministic_resumable_and_readable_by_the_trainer(tmp_path: Path) -> None:
     from trainer.data.folder import FolderReader
 
-    kw = dict(width=W, height=H, samples=4, denoise="fast", device="cpu", progress=False)
+    kw: dict[str, Any] = dict(width=W, height=H, samples=4, denoise="fast", device="cpu", progress=False)
     out = tmp_path / "a"
     stats = generate(out, 3, seed=5, **kw)
     assert (stats.rendered, stats.skipped) == (3, 0)

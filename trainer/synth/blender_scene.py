@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import bpy  # type: ignore[import-not-found]
@@ -91,16 +92,18 @@ class RenderSettings:
 # Scene reset and render configuration
 
 
-def reset_scene() -> bpy.types.Scene:
+def reset_scene() -> Any:
     """Remove every object, mesh, material, light, camera, world and image, so that a frame never depends on the
     frames rendered before it in the same process."""
-    data = bpy.data
-    for coll in (data.objects, data.meshes, data.materials, data.lights, data.cameras, data.worlds, data.images,
-                 data.textures, data.node_groups, data.collections):
+    data: Any = bpy.data
+    colls: tuple[Any, ...] = (data.objects, data.meshes, data.materials, data.lights, data.cameras, data.worlds, data.images,
+                              data.textures, data.node_groups, data.collections)
+    for coll in colls:
         ids = [i for i in coll if not (coll is data.images and i.type == "RENDER_RESULT")]
         if ids:
             data.batch_remove(ids)
-    return bpy.context.scene
+    scene: Any = bpy.context.scene
+    return scene
 
 
 @contextlib.contextmanager
@@ -122,13 +125,14 @@ def select_device(device: str) -> str:
     with _quiet_stdout():
         if device == "cpu":
             # Initialise Cycles' device list now, quietly, rather than with log lines at the first render.
-            bpy.context.preferences.addons["cycles"].preferences.refresh_devices()
+            prefs: Any = bpy.context.preferences.addons["cycles"].preferences  # type: ignore[union-attr]
+            prefs.refresh_devices()
             return "CPU"
         return _select_gpu(device)
 
 
 def _select_gpu(device: str) -> str:
-    prefs = bpy.context.preferences.addons["cycles"].preferences
+    prefs: Any = bpy.context.preferences.addons["cycles"].preferences  # type: ignore[union-attr]
     for backend in ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL"):
         try:
             prefs.compute_device_type = backend
@@ -145,7 +149,7 @@ def _select_gpu(device: str) -> str:
     return "CPU"
 
 
-def configure_render(scene: bpy.types.Scene, settings: RenderSettings, device_type: str) -> None:
+def configure_render(scene: Any, settings: RenderSettings, device_type: str) -> None:
     """Cycles with few samples and short light paths: thousands of frames an hour on a few CPU cores."""
     scene.render.engine = "CYCLES"
     scene.cycles.device = device_type
@@ -197,7 +201,7 @@ def configure_render(scene: bpy.types.Scene, settings: RenderSettings, device_ty
 # Geometry
 
 
-def _torus(bm: "bmesh.types.BMesh", major: float = 0.7, minor: float = 0.3, n_major: int = 32, n_minor: int = 12) -> None:
+def _torus(bm: Any, major: float = 0.7, minor: float = 0.3, n_major: int = 32, n_minor: int = 12) -> None:
     """A torus in the XY plane (bmesh has no torus operator); outer radius major + minor = 1."""
     verts = []
     for i in range(n_major):
@@ -213,7 +217,7 @@ def _torus(bm: "bmesh.types.BMesh", major: float = 0.7, minor: float = 0.3, n_ma
                           verts[i * n_minor + j2]))
 
 
-def _primitive_mesh(kind: str) -> bpy.types.Mesh:
+def _primitive_mesh(kind: str) -> Any:
     """A unit-sized built-in shape (half-extent 1 on every axis), smooth-shaded where it is curved."""
     bm = bmesh.new()
     smooth = True
@@ -234,7 +238,7 @@ def _primitive_mesh(kind: str) -> bpy.types.Mesh:
     elif kind == "monkey":
         bmesh.ops.create_monkey(bm)
         # Suzanne faces -Y once stood up; rotate so her "up" is +Z like the other shapes.
-        bmesh.ops.rotate(bm, verts=bm.verts, cent=(0, 0, 0), matrix=mathutils.Matrix.Rotation(math.radians(90), 3, "X"))
+        bmesh.ops.rotate(bm, verts=list(bm.verts), cent=(0, 0, 0), matrix=mathutils.Matrix.Rotation(math.radians(90), 3, "X"))
         _normalize_bmesh(bm)
     else:
         bm.free()
@@ -248,7 +252,7 @@ def _primitive_mesh(kind: str) -> bpy.types.Mesh:
     return mesh
 
 
-def _normalize_bmesh(bm: "bmesh.types.BMesh") -> None:
+def _normalize_bmesh(bm: Any) -> None:
     """Centre ``bm`` on its bounding box and scale it uniformly so its largest half-extent is 1."""
     co = np.array([v.co[:] for v in bm.verts], dtype=np.float64)
     if co.size == 0:
@@ -259,10 +263,10 @@ def _normalize_bmesh(bm: "bmesh.types.BMesh") -> None:
         raise ValueError("the mesh has zero size")
     center = (lo + hi) / 2.0
     for v in bm.verts:
-        v.co = [(c - m) / half for c, m in zip(v.co, center)]
+        v.co = [(float(c) - m) / half for c, m in zip(tuple(v.co), center)]
 
 
-def import_mesh_file(path: str | os.PathLike[str]) -> bpy.types.Mesh:
+def import_mesh_file(path: str | os.PathLike[str]) -> Any:
     """Read a mesh file with Blender's importer, join its meshes and normalise them to the unit cube."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -279,15 +283,15 @@ def import_mesh_file(path: str | os.PathLike[str]) -> bpy.types.Mesh:
         bpy.ops.import_scene.gltf(filepath=str(path))
     else:
         raise ValueError(f"{path}: unsupported mesh format {suffix!r}; expected one of {', '.join(MESH_SUFFIXES)}")
-    new = [o for o in bpy.data.objects if o not in before]
+    new: list[Any] = [o for o in bpy.data.objects if o not in before]
     bm = bmesh.new()
     for obj in new:
         if obj.type == "MESH":
-            tmp = obj.data.copy()
+            tmp: Any = obj.data.copy()
             tmp.transform(obj.matrix_world)  # bake the importer's axis conversion and placement
             bm.from_mesh(tmp)
             bpy.data.meshes.remove(tmp)
-    imported_meshes = {o.data for o in new if o.type == "MESH"}
+    imported_meshes: set[Any] = {o.data for o in new if o.type == "MESH"}
     bpy.data.batch_remove(new)
     bpy.data.batch_remove([m for m in imported_meshes if m.users == 0])
     if not bm.verts:
@@ -305,7 +309,7 @@ def import_mesh_file(path: str | os.PathLike[str]) -> bpy.types.Mesh:
 # Materials, lights, world
 
 
-def _socket(sockets: bpy.types.bpy_prop_collection, identifier: str) -> bpy.types.NodeSocket:
+def _socket(sockets: Any, identifier: str) -> Any:
     """A socket by identifier: the Mix node has several inputs *named* "A" (float, vector, colour, ...)."""
     for sock in sockets:
         if sock.identifier == identifier:
@@ -313,10 +317,10 @@ def _socket(sockets: bpy.types.bpy_prop_collection, identifier: str) -> bpy.type
     raise KeyError(identifier)
 
 
-def _material(spec: MaterialSpec, name: str) -> bpy.types.Material:
+def _material(spec: MaterialSpec, name: str) -> Any:
     """Principled BSDF; base colour = mix(color_a, color_b, texture factor) in world-space metres."""
-    mat = bpy.data.materials.new(name)
-    nt = mat.node_tree
+    mat: Any = bpy.data.materials.new(name)
+    nt: Any = mat.node_tree
     bsdf = nt.nodes["Principled BSDF"]
     bsdf.inputs["Roughness"].default_value = spec.roughness
     bsdf.inputs["Metallic"].default_value = spec.metallic
@@ -340,8 +344,8 @@ def _material(spec: MaterialSpec, name: str) -> bpy.types.Material:
     return mat
 
 
-def _light(spec: LightSpec, name: str) -> bpy.types.Object:
-    data = bpy.data.lights.new(name, spec.kind)
+def _light(spec: LightSpec, name: str) -> Any:
+    data: Any = bpy.data.lights.new(name, spec.kind)  # type: ignore[arg-type]
     data.energy = spec.energy
     data.color = spec.color
     if spec.kind == "AREA":
@@ -356,10 +360,10 @@ def _light(spec: LightSpec, name: str) -> bpy.types.Object:
     return obj
 
 
-def _world(spec: WorldSpec) -> bpy.types.World:
+def _world(spec: WorldSpec) -> Any:
     """A sky gradient by view direction: horizon colour at and below the horizon, zenith colour straight up."""
-    world = bpy.data.worlds.new("world")
-    nt = world.node_tree
+    world: Any = bpy.data.worlds.new("world")
+    nt: Any = world.node_tree
     bg = nt.nodes["Background"]
     bg.inputs["Strength"].default_value = spec.strength
     coord = nt.nodes.new("ShaderNodeTexCoord")
@@ -379,7 +383,7 @@ def _world(spec: WorldSpec) -> bpy.types.World:
 # Scene
 
 
-def build_scene(spec: SceneSpec, settings: RenderSettings, device_type: str = "CPU") -> bpy.types.Scene:
+def build_scene(spec: SceneSpec, settings: RenderSettings, device_type: str = "CPU") -> Any:
     """Reset the current scene and build ``spec`` in it, ready to render."""
     scene = reset_scene()
     configure_render(scene, settings, device_type)
@@ -387,7 +391,7 @@ def build_scene(spec: SceneSpec, settings: RenderSettings, device_type: str = "C
     scene.view_settings.exposure = spec.exposure
     scene.world = _world(spec.world)
 
-    cam_data = bpy.data.cameras.new("camera")
+    cam_data: Any = bpy.data.cameras.new("camera")
     cam_data.type = "PERSP"
     cam_data.lens = spec.camera.lens_mm
     cam_data.sensor_fit = "HORIZONTAL"  # the sampled field of view is horizontal whatever the aspect ratio
@@ -402,7 +406,7 @@ def build_scene(spec: SceneSpec, settings: RenderSettings, device_type: str = "C
     scene.collection.objects.link(cam)
     scene.camera = cam
 
-    meshes: dict[str, bpy.types.Mesh] = {}  # one mesh data-block per shape kind / file, shared by its objects
+    meshes: dict[str, Any] = {}  # one mesh data-block per shape kind / file, shared by its objects
     for i, shape in enumerate(spec.shapes):
         key = shape.mesh_path if shape.kind == "mesh_file" else shape.kind
         if key is None:
@@ -427,7 +431,7 @@ def build_scene(spec: SceneSpec, settings: RenderSettings, device_type: str = "C
 
 
 def _read_exr_depth(path: Path) -> np.ndarray:
-    import OpenEXR  # type: ignore[import-untyped]
+    import OpenEXR  # type: ignore[import-not-found]  # no stubs
 
     with OpenEXR.File(str(path)) as f:
         for part in f.parts:
@@ -437,11 +441,11 @@ def _read_exr_depth(path: Path) -> np.ndarray:
     raise RuntimeError(f"{path}: the render has no Depth.Z channel (is the Z pass enabled?)")
 
 
-def render_frame(scene: bpy.types.Scene, rgb_path: str | os.PathLike[str], scratch_dir: str | os.PathLike[str]) -> np.ndarray:
+def render_frame(scene: Any, rgb_path: str | os.PathLike[str], scratch_dir: str | os.PathLike[str]) -> np.ndarray:
     """Render ``scene``; save the colour-managed image as an 8-bit RGB PNG at ``rgb_path`` (exactly that path,
     which the caller makes a temporary one) and return planar depth in metres (float32 H x W, 0 = no surface)."""
     bpy.ops.render.render(write_still=False, scene=scene.name)
-    result = bpy.data.images["Render Result"]
+    result: Any = bpy.data.images["Render Result"]
     fmt = scene.render.image_settings
     fd, exr_name = tempfile.mkstemp(dir=scratch_dir, prefix=".zpass.", suffix=".exr")
     os.close(fd)

@@ -137,7 +137,7 @@ def generate(
 ) -> GenerateStats:
     """Render frames ``start .. start + count - 1`` into ``out`` (skipping complete ones) and rewrite the splits
     over every complete frame in ``out``."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     from . import blender_scene  # bpy: imported only when rendering
 
@@ -152,7 +152,7 @@ def generate(
         raise ValueError(f"--val-fraction must be in [0, 1], got {val_fraction}")
     settings = blender_scene.RenderSettings(width, height, samples=samples, denoise=denoise, device=device,
                                             threads=threads)
-    mesh_files = mesh_files_in(mesh_dir) if mesh_dir is not None else ()
+    mesh_files = mesh_files_in(Path(mesh_dir)) if mesh_dir is not None else ()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out}: exists and is not a folder")
