@@ -22,7 +22,11 @@ _clients_lock = threading.Lock()
 
 
 def shared_client(python: str, model: str | None, device: str) -> Any:
-    """The session's WorkerClient for these settings, started on first use (blocks while the worker starts)."""
+    """The session's WorkerClient for these settings, started on first use (blocks while the worker starts).
+
+    One worker at a time: a model can take most of a GPU's memory, so when the settings change the workers for the
+    old settings are closed once the new one is up.
+    """
     key = (python, model, device)
     with _clients_lock:
         client = _clients.get(key)
@@ -31,8 +35,13 @@ def shared_client(python: str, model: str | None, device: str) -> Any:
     client = worker_client.WorkerClient(python, model=model, device=device)  # slow: starts the worker
     with _clients_lock:
         existing = _clients.setdefault(key, client)
+        stale = [c for k, c in _clients.items() if k != key]
+        for k in [k for k in _clients if k != key]:
+            del _clients[k]
     if existing is not client:  # another thread won the race
         client.close()
+    for old in stale:
+        old.close()
     return existing
 
 

@@ -302,7 +302,7 @@ def photo(tmp_path) -> Path:
 
 def test_worker_end_to_end_mesh(scene, worker_prefs, photo):
     assert bpy.ops.metricgold.test_worker() == {"FINISHED"}
-    assert bpy.ops.metricgold.image_to_depth_mesh(filepath=str(photo), synchronous=True) == {"FINISHED"}
+    assert bpy.ops.metricgold.image_to_depth_mesh(filepath=str(photo), ensemble=2, synchronous=True) == {"FINISHED"}
     obj = bpy.data.objects["MetricGold room"]
     assert len(obj.data.vertices) == 16 * 24
     tex = [n for n in obj.data.materials[0].node_tree.nodes if n.type == "TEX_IMAGE"][0]
@@ -312,6 +312,12 @@ def test_worker_end_to_end_mesh(scene, worker_prefs, photo):
     depth = np.empty(16 * 24, np.float32)
     obj.data.attributes["depth"].data.foreach_get("value", depth)
     assert np.isfinite(depth).all() and (depth > 0).all()
+    # the depth the worker wrote is what the mesh holds, pixel by pixel (row-major vertices: no invalid pixels)
+    written = sorted(Path(bpy.app.tempdir).glob("metricgold-*/room_depth.npy"), key=lambda p: p.stat().st_mtime)
+    np.testing.assert_array_equal(depth, np.load(written[-1]).reshape(-1))
+    uncertainty = np.empty(16 * 24, np.float32)
+    obj.data.attributes["uncertainty"].data.foreach_get("value", uncertainty)  # ensemble of 2: a spread
+    assert (uncertainty >= 0).all() and uncertainty.max() > 0
 
 
 def test_worker_point_cloud_from_image_editor_image(scene, worker_prefs):
@@ -398,3 +404,13 @@ def test_cancel_mid_run(addon, scene, worker_prefs, photo):
     assert task.job.state == "cancelled" and time.monotonic() - t0 < 10
     assert client.alive  # the request was cancelled, the worker (and its loaded model) kept
     assert snapshot() == before
+
+
+def test_one_worker_at_a_time(addon, worker_prefs):
+    jobs = mod(addon, "jobs")
+    first = jobs.shared_client(sys.executable, worker_prefs.model_dir, "cpu")
+    assert jobs.shared_client(sys.executable, worker_prefs.model_dir, "cpu") is first  # reused, model kept
+    other = jobs.shared_client(sys.executable, None, "cpu")  # settings changed: the old worker is closed
+    assert other is not first and not first.alive and other.alive
+    jobs.forget_client(other)
+    assert not other.alive
