@@ -151,6 +151,11 @@ def image_file_for_worker(image: Any, tmp_dir: str) -> str:
 # The modal task
 
 
+def has_ui(context: Any) -> bool:
+    """Whether there is a window to show progress in (not in background mode or Blender-as-a-module)."""
+    return not bpy.app.background and context.window is not None
+
+
 class DepthTask:
     """One image through the worker and into the scene; :meth:`step` is called until it leaves RUNNING_MODAL."""
 
@@ -188,6 +193,7 @@ class DepthTask:
         )
         self.result: mesh_builder.BuildResult | None = None
         self._progress_shown = False
+        self._area: Any = None  # the editor whose header shows progress (modal callbacks may get another)
 
     def start(self, context: Any) -> None:
         self.job.start()
@@ -195,17 +201,18 @@ class DepthTask:
 
     # progress UI (no-ops without a window, as in background mode)
     def _show_progress(self, context: Any) -> None:
-        if bpy.app.background or context.window is None:
+        if not has_ui(context):
             return
         wm = context.window_manager
         if not self._progress_shown:
             wm.progress_begin(0, 100)
             self._progress_shown = True
+            self._area = context.area
         wm.progress_update(int(100 * self.job.fraction))
         if context.workspace is not None:
             context.workspace.status_text_set(self.job.status_text)
-        if context.area is not None:
-            context.area.header_text_set(self.job.status_text)
+        if self._area is not None:
+            self._area.header_text_set(self.job.status_text)
 
     def _clear_progress(self, context: Any) -> None:
         if not self._progress_shown:
@@ -214,8 +221,9 @@ class DepthTask:
         context.window_manager.progress_end()
         if context.workspace is not None:
             context.workspace.status_text_set(None)
-        if context.area is not None:
-            context.area.header_text_set(None)
+        if self._area is not None:
+            self._area.header_text_set(None)
+            self._area = None
 
     def cancel(self, context: Any) -> OperatorResult:
         """Esc: cancel the worker's request and leave the scene as it was."""
@@ -351,7 +359,7 @@ class _ImageToDepth(GeometryOptions):
             self.report({"ERROR"}, f"MetricGold: {e}")  # type: ignore[attr-defined]
             return {"CANCELLED"}
         self._task.start(context)
-        if self.synchronous or bpy.app.background or context.window is None:
+        if self.synchronous or not has_ui(context):
             return self._run_blocking(context)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)

@@ -406,6 +406,49 @@ def test_cancel_mid_run(addon, scene, worker_prefs, photo):
     assert snapshot() == before
 
 
+class _Recorder:
+    """Stands in for the window manager, workspace and area: records what the task shows."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def test_progress_in_status_bar_and_header(addon, scene, worker_prefs, photo, monkeypatch):
+    # Background mode has no window; a recorder stands in for it so the modal path's UI calls are checked.
+    from types import SimpleNamespace
+
+    ops = mod(addon, "operators")
+    monkeypatch.setattr(ops, "has_ui", lambda context: True)
+    wm, workspace, area = _Recorder(), _Recorder(), _Recorder()
+    ui_context = SimpleNamespace(window_manager=wm, workspace=workspace, area=area, scene=bpy.context.scene)
+    reports: list = []
+    task = _task(addon, photo, reports, num_inference_steps=3, ensemble_size=1)
+    task.start(ui_context)
+    state = _drive_with(task, ui_context)
+    assert state == {"FINISHED"}, reports
+    assert wm.calls[0] == ("progress_begin", 0, 100) and wm.calls[-1] == ("progress_end",)
+    updates = [c[1] for c in wm.calls if c[0] == "progress_update"]
+    assert updates == sorted(updates) and all(0 <= u <= 100 for u in updates)
+    texts = [c[1] for c in area.calls if c[0] == "header_text_set"]
+    assert len(texts) >= 2 and texts[-1] is None  # shown while running, cleared at the end
+    assert all(t.startswith("MetricGold: ") and t.endswith("(Esc to cancel)") for t in texts[:-1])
+    assert workspace.calls[-1] == ("status_text_set", None)
+    assert "MetricGold task" in bpy.data.objects
+
+
+def _drive_with(task, context, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = task.step(context)
+        if state != {"RUNNING_MODAL"}:
+            return state
+        time.sleep(0.005)
+    raise AssertionError("task did not finish")
+
+
 def test_one_worker_at_a_time(addon, worker_prefs):
     jobs = mod(addon, "jobs")
     first = jobs.shared_client(sys.executable, worker_prefs.model_dir, "cpu")
