@@ -92,6 +92,11 @@ def test_sample_scene_is_deterministic_per_frame() -> None:
     assert {sample_scene(0, i, kinds=("street",)).kind for i in range(5)} == {"street"}
     with pytest.raises(ValueError, match="unknown scene kind 'forest'"):
         sample_scene(0, 0, kinds=("forest",))
+    # Without mesh files no shape asks for one; with them, some shapes are the user's meshes.
+    assert all(sh.kind != "mesh_file" for i in range(20) for sh in sample_scene(0, i).shapes)
+    with_meshes = [sh for i in range(20) for sh in sample_scene(0, i, mesh_files=("chair.obj",)).shapes
+                   if sh.kind == "mesh_file"]
+    assert with_meshes and all(sh.mesh_path == "chair.obj" for sh in with_meshes)
 
 
 def _inside_box(point: np.ndarray, shape: ShapeSpec, margin: float) -> bool:

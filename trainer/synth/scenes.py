@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +115,6 @@ class SceneSpec:
     camera: CameraSpec
     cycles_seed: int
     exposure: float = 0.0  # stops, on top of the view transform
-    notes: dict[str, float] = field(default_factory=dict)
 
 
 def frame_rng(seed: int, index: int) -> np.random.Generator:
