@@ -64,7 +64,10 @@ def write_demo_assets(out: str | Path, samples: int = DEMO_SAMPLES, progress: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.synth.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.synth.demo",
+        description="Render the demo photo (a furnished room, 640x480) with its ground-truth depth and intrinsics.",
+    )
     p.add_argument("--out", default="assets", help="folder for the three demo files (default assets)")
     p.add_argument("--samples", type=int, default=DEMO_SAMPLES, help=f"Cycles samples (default {DEMO_SAMPLES})")
     args = p.parse_args(argv)
