@@ -403,3 +403,19 @@ def test_every_scene_kind_renders_in_its_depth_range(tmp_path: Path) -> None:
         if kind != "street":
             assert valid.size == depth.size, kind  # closed scenes: no sky anywhere
     assert os.listdir(tmp_path / "room" / "depth") == ["000000.npy"]  # no scratch EXR left behind
+
+
+def test_cli_renders_and_exr_depth_equals_npy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.synth.__main__ import main
+
+    common = ["--count", "1", "--resolution", "32x24", "--samples", "2", "--seed", "9", "--kinds", "tabletop",
+              "--device", "cpu", "--no-progress"]
+    assert main(["--out", str(tmp_path / "npy"), *common]) == 0
+    assert "rendered 1 frames, skipped 0 already written" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path / "exr"), "--depth-format", "exr", *common]) == 0
+    npy = read_depth(tmp_path / "npy" / "depth" / "000000.npy")
+    exr = read_depth(tmp_path / "exr" / "depth" / "000000.exr")
+    assert npy.shape == (24, 32) and np.isfinite(npy).all()
+    assert np.array_equal(npy, exr)
+    assert main(["--out", str(tmp_path / "npy"), *common]) == 0  # resumed: nothing to do
+    assert "rendered 0 frames, skipped 1 already written" in capsys.readouterr().out
