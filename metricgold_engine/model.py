@@ -261,7 +261,13 @@ def make_tiny_stable_diffusion(path: str | os.PathLike[str], seed: int = 0, size
     )
     unet.save_pretrained(root / "unet", safe_serialization=True)
     vae.save_pretrained(root / "vae", safe_serialization=True)
-    text_encoder.save_pretrained(root / "text_encoder", safe_serialization=True)
+    # Not text_encoder.save_pretrained: under torch.distributed, transformers writes only on rank 0, and every rank
+    # of a multi-process run builds its own copy of this folder.
+    from safetensors.torch import save_file
+
+    text_encoder.config.save_pretrained(root / "text_encoder")
+    save_file({k: v.contiguous() for k, v in text_encoder.state_dict().items()},
+              str(root / "text_encoder" / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(root / "tokenizer")
     scheduler.save_pretrained(root / "scheduler")
     (root / "model_index.json").write_text(json.dumps({
