@@ -179,7 +179,7 @@ def configure_render(scene: Any, settings: RenderSettings, device_type: str) -> 
     scene.render.resolution_percentage = 100
     scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
     scene.render.film_transparent = False
-    # No render metadata (date, render time, ...) in the PNG: a frame re-rendered later is byte-identical.
+    # No render metadata (date, render time, ...) in the PNG: a re-rendered frame differs only if its pixels do.
     for prop in scene.render.bl_rna.properties:
         if prop.identifier.startswith("use_stamp") and not prop.is_readonly:
             setattr(scene.render, prop.identifier, False)
@@ -472,7 +472,7 @@ def render_frame(scene: Any, rgb_path: str | os.PathLike[str], scratch_dir: str 
     os.close(fd)
     try:
         result.save_render(png_name, scene=scene)  # Blender's colour management (view transform, exposure)
-        # Re-encode without Blender's metadata (Cycles adds render times): a re-rendered frame is byte-identical.
+        # Re-encode without Blender's metadata (Cycles adds render times), which differs from render to render.
         with Image.open(png_name) as im:
             im.convert("RGB").save(rgb_path, format="PNG", compress_level=6)
     finally:
