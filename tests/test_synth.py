@@ -428,3 +428,24 @@ def test_cli_renders_and_exr_depth_equals_npy(tmp_path: Path, capsys: pytest.Cap
     assert np.array_equal(npy, exr)
     assert main(["--out", str(tmp_path / "npy"), *common]) == 0  # resumed: nothing to do
     assert "rendered 0 frames, skipped 1 already written" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_after_the_current_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    import trainer.synth.generate as gen
+
+    original = gen.render_scene_to_files
+
+    def render_then_interrupt(*args: Any, **kwargs: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # arrives while "rendering": the frame must still be finished
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "render_scene_to_files", render_then_interrupt)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="stopped after 1 frames"):
+        generate(tmp_path, 5, width=32, height=24, samples=2, device="cpu", progress=False)
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
+    assert frame_done(tmp_path, "000000") and not (tmp_path / "rgb" / "000001.png").exists()
+    assert (tmp_path / "train.txt").read_text().split() + (tmp_path / "val.txt").read_text().split() == ["000000"]
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files left

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError, SynthOutputError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished frames are kept; run the same command again to resume", file=sys.stderr)
+        return 130
     print(
         f"{args.out}: rendered {stats.rendered} frames, skipped {stats.skipped} already written "
         f"({stats.seconds_per_frame:.2f} s/frame on {stats.device})"

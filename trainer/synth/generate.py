@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +141,13 @@ def generate(
     over every complete frame in ``out``."""
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    from . import blender_scene  # bpy: imported only when rendering
+    try:
+        from . import blender_scene  # bpy: imported only when rendering
+    except ImportError as e:
+        raise RuntimeError(
+            f"rendering needs Blender's Python module (bpy==5.0.1, Python 3.11): {e}; "
+            "install it with: .venv/bin/python -m pip install -e '.[blender]'"
+        ) from e
 
     if count < 0 or start < 0 or seed < 0:
         raise ValueError(f"--count, --start and --seed must be non-negative, got {count}, {start}, {seed}")
@@ -175,17 +183,28 @@ def generate(
 
     todo = [i for i in indices if not frame_done(out, frame_name(i), depth_format)]
     skipped = count - len(todo)
+    # Ctrl+C stops the run after the frame being rendered: an exception raised inside Blender's render callback
+    # would be caught and logged by Blender, leaving a half-rendered image, so the signal only sets a flag.
+    stop = threading.Event()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: stop.set()) if on_main_thread else None
     t0 = time.perf_counter()
+    rendered = 0
     bar = tqdm(total=count, initial=skipped, unit="frame", desc=f"synth {out.name}", disable=not progress)
     try:
         for i in todo:
             name = frame_name(i)
             spec = sample_scene(seed, i, kinds=kinds, mesh_files=mesh_files)
             render_scene_to_files(spec, frame_paths(out, name, depth_format), settings, device_type, depth_format)
+            rendered += 1
             bar.update(1)
             bar.set_postfix(kind=spec.kind, refresh=False)
+            if stop.is_set():
+                break
     finally:
         bar.close()
+        if on_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
     seconds = time.perf_counter() - t0
 
     done = sorted(
@@ -193,4 +212,6 @@ def generate(
         if not p.name.startswith(".") and frame_done(out, p.stem, depth_format)
     ) if (out / "rgb").is_dir() else []
     write_splits(out, done, val_fraction)
-    return GenerateStats(rendered=len(todo), skipped=skipped, seconds=seconds, device=device_type)
+    if stop.is_set():
+        raise KeyboardInterrupt(f"stopped after {rendered} frames")
+    return GenerateStats(rendered=rendered, skipped=skipped, seconds=seconds, device=device_type)
