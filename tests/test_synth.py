@@ -449,3 +449,10 @@ def test_ctrl_c_stops_after_the_current_frame(tmp_path: Path, monkeypatch: pytes
     assert frame_done(tmp_path, "000000") and not (tmp_path / "rgb" / "000001.png").exists()
     assert (tmp_path / "train.txt").read_text().split() + (tmp_path / "val.txt").read_text().split() == ["000000"]
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files left
+
+
+def test_a_render_without_any_surface_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    paths = frame_paths(tmp_path, "000000")
+    with pytest.raises(RuntimeError, match=r"000000\.npy: the render saw no surface at all"):
+        render_scene_to_files(_known_scene([]), paths, SETTINGS)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -449,7 +449,9 @@ def _read_exr_depth(path: Path) -> np.ndarray:
 def render_frame(scene: Any, rgb_path: str | os.PathLike[str], scratch_dir: str | os.PathLike[str]) -> np.ndarray:
     """Render ``scene``; save the colour-managed image as an 8-bit RGB PNG at ``rgb_path`` (exactly that path,
     which the caller makes a temporary one) and return planar depth in metres (float32 H x W, 0 = no surface)."""
-    bpy.ops.render.render(write_still=False, scene=scene.name)
+    status = bpy.ops.render.render(write_still=False, scene=scene.name)
+    if "FINISHED" not in status:
+        raise RuntimeError(f"Blender's render did not finish ({', '.join(sorted(status))}); see Blender's log above")
     result: Any = bpy.data.images["Render Result"]
     fmt = scene.render.image_settings
     fd, exr_name = tempfile.mkstemp(dir=scratch_dir, prefix=".zpass.", suffix=".exr")

@@ -91,8 +91,11 @@ def render_scene_to_files(
     with atomic_write(paths["rgb"]) as tmp_rgb:
         depth = blender_scene.render_frame(scene, tmp_rgb, scratch_dir=paths["depth"].parent)
         if depth.shape != (settings.height, settings.width):
-            raise RuntimeError(f"Blender rendered depth of shape {depth.shape}, expected "
+            raise RuntimeError(f"{paths['depth']}: Blender rendered depth of shape {depth.shape}, expected "
                                f"{(settings.height, settings.width)}")
+        if not (depth > 0).any():
+            # Every generated scene has a floor or ground in view; no surface at all means the render failed.
+            raise RuntimeError(f"{paths['depth']}: the render saw no surface at all; see Blender's log above")
         (write_depth_npy if depth_format == "npy" else write_depth_exr)(paths["depth"], depth)
         write_intrinsics_json(paths["intrinsics"], intrinsics.as_json())
 
