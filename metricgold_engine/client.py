@@ -525,6 +525,7 @@ class WorkerClient:
         request_id = next(self._ids)
         inbox = conn.register(request_id)
         is_predict = method == protocol.PREDICT
+        answered = False
         if is_predict:
             with self._state_lock:
                 self._active.add(request_id)
@@ -561,13 +562,9 @@ class WorkerClient:
                 if message.is_notification:
                     if on_progress is not None and message.method == protocol.PROGRESS:
                         p = message.params or {}
-                        try:
-                            on_progress(Progress(str(p.get("stage", "")), int(p.get("step", 0)), int(p.get("total", 0))))
-                        except BaseException:
-                            # The caller's callback failed: its exception wins, and the worker must not go on.
-                            self._send_cancel(conn, request_id)
-                            raise
+                        on_progress(Progress(str(p.get("stage", "")), int(p.get("step", 0)), int(p.get("total", 0))))
                     continue
+                answered = True
                 if message.error is None:
                     return message.result
                 code, text, data = message.error["code"], message.error["message"], message.error.get("data")
@@ -577,6 +574,9 @@ class WorkerClient:
                     raise PredictionCancelled(code, text, data)
                 raise RequestError(code, text, data)
         finally:
+            if not answered and not conn.dead and method in (protocol.PREDICT, protocol.LOAD_MODEL):
+                # Leaving without an answer (the progress callback raised, Ctrl-C): the worker must not go on.
+                self._send_cancel(conn, request_id)
             conn.unregister(request_id)
             if is_predict:
                 with self._state_lock:

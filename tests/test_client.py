@@ -180,6 +180,23 @@ def test_cancel_event_and_timeout(client, image, tmp_path):
     assert client.predict(image, tmp_path, num_inference_steps=1, ensemble_size=1).shape == (40, 56)
 
 
+def test_a_failing_progress_callback_cancels_its_request(client, image, tmp_path):
+    times: list[float] = []
+
+    def explode(p: Progress) -> None:
+        if p.stage == "denoise":
+            times.append(time.monotonic())
+            if p.step == 3:
+                raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        client.predict(image, tmp_path, on_progress=explode, num_inference_steps=500, ensemble_size=1)
+    step = float(np.median(np.diff(times)))
+    t0 = time.monotonic()  # had the other 497 steps gone on, this request would have queued behind them
+    client.predict(image, tmp_path, num_inference_steps=1, ensemble_size=1)
+    assert time.monotonic() - t0 < 100 * step
+
+
 def test_two_threads_share_one_client(client, image, tmp_path):
     totals: dict[int, set[int]] = {2: set(), 3: set()}
     results = {}
