@@ -265,7 +265,7 @@ class DepthTask:
                 context, result.depth, k, name=self.name, image=image, uncertainty=result.uncertainty,
                 options=self.build_options, created=self.created,
             )
-        except (mesh_builder.BuildError, ValueError) as e:
+        except Exception as e:  # build_depth_scene has removed what it made; say why, don't raise into the UI
             self.report({"ERROR"}, f"MetricGold: {e}")
             return {"CANCELLED"}
         what = "points" if self.build_options.point_cloud else "vertices"
