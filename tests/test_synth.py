@@ -80,6 +80,17 @@ def test_fov_lens_round_trip() -> None:
         blender_camera_intrinsics(lens_mm=50.0, width=64, height=48, sensor_fit="DIAGONAL")
 
 
+def test_package_imports_without_blender() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, trainer.synth, trainer.synth.scenes, trainer.synth.camera, trainer.synth.output, "
+            "trainer.synth.__main__; print(sorted(m for m in ('bpy', 'torch') if m in sys.modules))")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Scene sampler (no bpy)
 

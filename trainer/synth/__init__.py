@@ -1,7 +1,8 @@
 """Synthetic RGB-D data rendered by Blender: procedural rooms, tabletops and streets with exact metric depth.
 
 ``python -m trainer.synth --out DIR --count N --resolution 256x192 --seed S`` writes the trainer's plain folder
-format (see ``docs/synthetic_data.md``). Importing this package does not import bpy: the scene sampler
+format (see ``docs/synthetic_data.md``); from Python, ``trainer.synth.generate.generate``. Importing this package
+does not import bpy: the scene sampler
 (:mod:`.scenes`), the camera model (:mod:`.camera`) and the output folder logic (:mod:`.output`) are pure; only
 :mod:`.blender_scene` (imported when rendering) needs Blender.
 """
@@ -20,15 +21,8 @@ __all__ = [
     "frame_done",
     "frame_name",
     "frame_rng",
-    "generate",
     "is_val",
     "lens_from_horizontal_fov",
     "sample_scene",
 ]
 
-
-def generate(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See :func:`trainer.synth.generate.generate` (imported on first call; it pulls in tqdm and, to render, bpy)."""
-    from .generate import generate as _generate
-
-    return _generate(*args, **kwargs)
