@@ -490,6 +490,13 @@ class WorkerClient:
 
     def _start_failure_message(self, tail: str, returncode: int | None) -> str:
         python = self.python_executable
+        if "No module named 'encodings'" in tail or "init_fs_encoding" in tail:
+            # Typical when a host application (Blender) exports its own PYTHONHOME/PYTHONPATH to child processes.
+            return (
+                f"the Python at {python} could not start its standard library: PYTHONHOME or PYTHONPATH in this "
+                f"process's environment point to another Python. Start the client with "
+                f"env={{'PYTHONHOME': None, 'PYTHONPATH': None}}. Last lines of its stderr:\n{tail}"
+            )
         for module in ("metricgold_engine", "torch", "diffusers", "transformers", "safetensors", "numpy", "PIL"):
             if f"No module named '{module}" in tail or f"No module named {module}" in tail:
                 if module == "metricgold_engine":

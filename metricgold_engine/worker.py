@@ -127,6 +127,9 @@ class WorkerServer:
                     continue
                 if self.handle_line(line):
                     return 0
+        except KeyboardInterrupt:  # Ctrl-C when run by hand: stop the work rather than finish it
+            self.cancel_all()
+            return 130
         finally:
             self._drain_compute()
         return 0
@@ -303,13 +306,15 @@ class WorkerServer:
                 "no model loaded: send load_model first (or start the worker with --model PATH)",
             )
         # 1. Check the inputs before any compute, so a typo costs milliseconds, not a whole prediction
+        # Paths are taken relative to the worker's working folder; results always name absolute paths.
+        image_path = Path(params["image"]).expanduser().absolute()
+        output_dir = Path(params["output_dir"]).expanduser().absolute()
         self._progress(job, "load_image", 0, 1)
         try:
-            image = load_rgb_image(params["image"])
+            image = load_rgb_image(image_path)
         except ImageLoadError as exc:
             raise RequestFailed(protocol.BAD_IMAGE, str(exc)) from None
         self._progress(job, "load_image", 1, 1)
-        output_dir = Path(params["output_dir"])
         _check_writable(output_dir)
 
         # 2. Denoise; the step callback reports progress and is where a cancel takes effect
@@ -334,7 +339,7 @@ class WorkerServer:
 
         # 3. Write atomically: a reader never sees a half-written file
         self._progress(job, "save", 0, 1)
-        stem = Path(params["image"]).stem
+        stem = image_path.stem
         try:
             depth_path = write_depth_npy(output_dir / f"{stem}_depth.npy", out.depth)
             uncertainty_path = None
@@ -399,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         protocol.check_params(protocol.LOAD_MODEL, {"path": "-", "device": args.device, "dtype": args.dtype})
     except protocol.ProtocolError as exc:
         print(f"metricgold worker: {exc.message}", file=sys.stderr)
+        return 2
+    if args.model and not Path(args.model).expanduser().is_dir():
+        # Checked before importing torch (seconds), so a typo fails at once; load_pipeline checks the rest.
+        print(f"metricgold worker: {args.model}: model folder not found", file=sys.stderr)
         return 2
     requests, replies = claim_protocol_streams()
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format="metricgold-worker %(levelname)s: %(message)s")

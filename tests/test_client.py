@@ -315,6 +315,14 @@ def test_missing_python_says_so(tmp_path):
     assert "import metricgold_engine" in message  # and how to check a fix
 
 
+def test_a_foreign_pythonhome_is_diagnosed(tmp_path):
+    # Host applications (Blender builds among them) may export PYTHONHOME to their children.
+    with pytest.raises(WorkerStartError) as info:
+        WorkerClient(sys.executable, env={"PYTHONHOME": str(tmp_path / "elsewhere")})
+    assert "PYTHONHOME or PYTHONPATH" in str(info.value)
+    assert "env={'PYTHONHOME': None, 'PYTHONPATH': None}" in str(info.value)
+
+
 @posix_only
 def test_python_without_the_engine_says_how_to_install(tmp_path, monkeypatch):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
