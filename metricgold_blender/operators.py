@@ -260,12 +260,19 @@ class DepthTask:
             return {"CANCELLED"}
         try:
             width, height = mesh_builder.image_size(image)
+            hd, wd = result.depth.shape
+            if abs(width / height - wd / hd) > 0.01 * (wd / hd):
+                # The worker applies EXIF orientation, Blender's image loader does not.
+                raise mesh_builder.BuildError(
+                    f"the depth is {wd} x {hd} but Blender shows '{image.name}' as {width} x {height}: the photo "
+                    "probably has an EXIF rotation Blender ignores; save it upright (rotated pixels) and try again")
             k, source = self.resolve_intrinsics(width, height, self.photo_path)
             self.result = mesh_builder.build_depth_scene(
                 context, result.depth, k, name=self.name, image=image, uncertainty=result.uncertainty,
                 options=self.build_options, created=self.created,
             )
-        except Exception as e:  # build_depth_scene has removed what it made; say why, don't raise into the UI
+        except Exception as e:  # leave the scene as it was; say why, don't raise into the UI
+            self.created.remove_all()
             self.report({"ERROR"}, f"MetricGold: {e}")
             return {"CANCELLED"}
         what = "points" if self.build_options.point_cloud else "vertices"

@@ -457,3 +457,14 @@ def test_one_worker_at_a_time(addon, worker_prefs):
     assert other is not first and not first.alive and other.alive
     jobs.forget_client(other)
     assert not other.alive
+
+
+def test_exif_rotated_photo_is_a_clear_error(addon, scene, worker_prefs, tmp_path):
+    # EXIF orientation 6 (rotate 90 degrees): the worker predicts on the upright 16 x 24 image, Blender shows 24 x 16.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(tmp_path / "rotated.jpg", exif=exif)
+    before = snapshot()
+    with pytest.raises(RuntimeError, match=r"depth is 16 x 24 but Blender shows 'rotated.jpg' as 24 x 16.*EXIF"):
+        bpy.ops.metricgold.image_to_depth_mesh(filepath=str(tmp_path / "rotated.jpg"), synchronous=True)
+    assert snapshot() == before
