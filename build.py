@@ -97,6 +97,19 @@ def check_imports(name: str, source: str) -> None:
                 raise BuildError(f"{name}: imports {bad[0]} at module level; Blender's Python does not have it")
 
 
+def check_vendored_imports(name: str, source: str) -> None:
+    """A vendored module may import (relatively) only other vendored modules: nothing else is in the zip."""
+    available = {m.removesuffix(".py") for m in VENDORED_ENGINE_MODULES} | {"__version__"}
+    for node in ast.walk(ast.parse(source, filename=name)):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            wanted = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            missing = [w for w in wanted if w not in available]
+            if missing:
+                raise BuildError(
+                    f"{name} imports .{missing[0]}, which is not vendored; add it to VENDORED_ENGINE_MODULES "
+                    "(it must be torch-free) or import it lazily where it is needed")
+
+
 def zip_entries() -> list[tuple[str, bytes]]:
     """(archive name, bytes) of everything the extension holds, sorted."""
     manifest = read_manifest()
@@ -120,6 +133,7 @@ def zip_entries() -> list[tuple[str, bytes]]:
     for name in VENDORED_ENGINE_MODULES:
         source = vendor_source(name, (ENGINE_DIR / name).read_text(encoding="utf-8"))
         check_imports(name, source)
+        check_vendored_imports(name, source)
         entries[VENDOR_PREFIX + name] = source.encode("utf-8")
     return sorted(entries.items())
 

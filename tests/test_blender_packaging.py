@@ -67,6 +67,9 @@ def test_vendoring_rewrites_and_refuses():
     with pytest.raises(build.BuildError, match="imports PIL.Image at module level"):
         build.check_imports("m.py", "try:\n    import PIL.Image\nexcept ImportError:\n    pass\n")
     build.check_imports("m.py", "def f():\n    import torch\n")  # lazy imports are fine
+    build.check_vendored_imports("client.py", "from . import protocol\nfrom .geometry import Intrinsics\n")
+    with pytest.raises(build.BuildError, match=r"client\.py imports \.pipeline, which is not vendored"):
+        build.check_vendored_imports("client.py", "def f():\n    from .pipeline import MetricGoldPipeline\n")
 
 
 def test_blender_extension_validate(zip_path):
