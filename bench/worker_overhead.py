@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         options = dict(num_inference_steps=args.steps, ensemble_size=args.ensemble,
                        processing_resolution=args.resolution, seed=0)
 
-        pipe = load_pipeline(model, device=args.device, dtype=args.dtype)
+        pipe: Any = load_pipeline(model, device=args.device, dtype=args.dtype)  # diffusers is untyped
         pipe.set_progress_bar_config(disable=True)
 
         def in_process() -> tuple[float, float]:

@@ -350,7 +350,10 @@ class WorkerClient:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
         self.python_executable = os.fspath(python_executable)
-        protocol.check_params(protocol.LOAD_MODEL, {"path": "-", "device": device, "dtype": dtype})
+        try:
+            protocol.check_params(protocol.LOAD_MODEL, {"path": "-", "device": device, "dtype": dtype})
+        except protocol.ProtocolError as exc:
+            raise ValueError(exc.message.replace("load_model:", "WorkerClient:", 1)) from None
         self._model = None if model is None else os.path.abspath(os.fspath(model))
         self._device = device
         self._dtype = dtype
