@@ -248,6 +248,11 @@ def test_error_messages_name_the_problem(worker, image, tmp_path):
     assert list(tmp_path.glob("*.npy")) == []  # nothing half-written anywhere
     reply, _ = worker.call("hello", None, 5)
     assert reply.result["model_loaded"]  # a failed load keeps the model that was there
+    worker.send_raw(b'{"jsonrpc": "2.0", "id": 6, "method": "hello", "params": {"x": "' + b"x" * (3 << 20) + b'"}}\n')
+    _, msg = worker.next_message()
+    assert msg.id is None and msg.error["code"] == P.PARSE_ERROR and "longer than" in msg.error["message"]
+    reply, _ = worker.call("hello", None, 7)  # the rest of the long line was skipped, not read as requests
+    assert reply.result["protocol_version"] == P.PROTOCOL_VERSION
 
 
 def test_cancel_stops_within_one_denoising_step(worker, image, tmp_path):
