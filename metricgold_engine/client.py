@@ -357,6 +357,7 @@ class WorkerClient:
         self._model = None if model is None else os.path.abspath(os.fspath(model))
         self._device = device
         self._dtype = dtype
+        self._use_demo = False  # load_model(None) was called: reload the demo model after a restart
         self._env = dict(env or {})
         self.start_timeout = start_timeout
         self.close_timeout = close_timeout
@@ -477,14 +478,14 @@ class WorkerClient:
                 f"({python} -m pip install --upgrade metricgold)."
             )
         self.info = info
-        if self._model is not None:
+        if self._model is not None or self._use_demo:
             try:
                 self.info = self._call_on(
                     conn,
                     protocol.LOAD_MODEL,
                     {"path": self._model, "device": self._device, "dtype": self._dtype},
                     timeout=None,
-                    doing=f"loading the model {self._model}",
+                    doing="loading the built-in demo model" if self._model is None else f"loading the model {self._model}",
                 )
             except BaseException:
                 conn.kill()
@@ -607,16 +608,22 @@ class WorkerClient:
         return self.info
 
     def load_model(
-        self, path: str | os.PathLike[str], device: str | None = None, dtype: str | None = None,
+        self, path: str | os.PathLike[str] | None, device: str | None = None, dtype: str | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Load (or switch to) a checkpoint; remembered, so a restarted worker loads it again."""
-        params = protocol.check_params(
-            protocol.LOAD_MODEL,
-            {"path": os.path.abspath(os.fspath(path)), "device": device or self._device, "dtype": dtype or self._dtype},
-        )
-        self.info = self._call(protocol.LOAD_MODEL, params, timeout=timeout, doing=f"loading the model {params['path']}")
+        """Load (or switch to) a checkpoint folder, or with ``path=None`` the built-in demo model. Remembered, so a
+        restarted worker loads it again."""
+        try:
+            params = protocol.check_params(protocol.LOAD_MODEL, {
+                "path": None if path is None else os.path.abspath(os.fspath(path)),
+                "device": device or self._device, "dtype": dtype or self._dtype,
+            })
+        except protocol.ProtocolError as exc:
+            raise ValueError(exc.message) from None
+        what = "the built-in demo model" if params["path"] is None else f"the model {params['path']}"
+        self.info = self._call(protocol.LOAD_MODEL, params, timeout=timeout, doing=f"loading {what}")
         self._model, self._device, self._dtype = params["path"], params["device"], params["dtype"]
+        self._use_demo = params["path"] is None
         return self.info
 
     def predict(

@@ -115,6 +115,10 @@ def _path(method: str, name: str, value: Any) -> str:
     return value
 
 
+def _path_or_null(method: str, name: str, value: Any) -> str | None:
+    return None if value is None else _path(method, name, value)
+
+
 def _positive_int_or_null(method: str, name: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -187,7 +191,7 @@ class _Param:
 PARAMS: dict[str, dict[str, _Param]] = {
     HELLO: {},
     LOAD_MODEL: {
-        "path": _Param(_path, required=True),
+        "path": _Param(_path_or_null, required=True),  # null: the built-in demo model
         "device": _Param(_device, default="auto"),
         "dtype": _Param(_dtype, default="auto"),
     },

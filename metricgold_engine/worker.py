@@ -266,17 +266,19 @@ class WorkerServer:
             "model_path": None if self.model_key is None else self.model_key[0],
         }
 
-    def load(self, path: str, device: str, dtype: str) -> None:
-        """Load a checkpoint (kept for every later request); the old model stays if the new one fails."""
-        from .model import CheckpointError, load_pipeline
+    def load(self, path: str | None, device: str, dtype: str) -> None:
+        """Load a checkpoint (None: the built-in demo model), kept for every later request; the old model stays if
+        the new one fails."""
+        from .model import CheckpointError, load_pipeline, resolve_model_path
 
-        key = (str(Path(path).resolve()), device, dtype)
-        if key == self.model_key:
-            return  # already loaded: loading is the expensive part, so it is done once
         try:
+            key = (str(resolve_model_path(path).expanduser().resolve()), device, dtype)
+            if key == self.model_key:
+                return  # already loaded: loading is the expensive part, so it is done once
             pipe: Any = load_pipeline(key[0], device=device, dtype=dtype)  # diffusers is untyped
         except (CheckpointError, ValueError, OSError) as exc:
-            raise RequestFailed(protocol.MODEL_LOAD_FAILED, f"cannot load the model {path}: {_message(exc)}") from None
+            what = "the built-in demo model" if path is None else f"the model {path}"
+            raise RequestFailed(protocol.MODEL_LOAD_FAILED, f"cannot load {what}: {_message(exc)}") from None
         pipe.set_progress_bar_config(disable=True)
         old, self.pipe, self.model_key = self.pipe, pipe, key
         if old is not None:

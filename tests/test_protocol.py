@@ -139,6 +139,9 @@ def test_devices_and_dtypes():
         with pytest.raises(P.ProtocolError):
             P.check_params("load_model", {"path": "m", "device": device})
     assert P.check_params("load_model", {"path": "m"}) == {"path": "m", "device": "auto", "dtype": "auto"}
+    assert P.check_params("load_model", {"path": None})["path"] is None  # the built-in demo model, asked for
+    with pytest.raises(P.ProtocolError, match="missing required parameter 'path'"):
+        P.check_params("load_model", {})  # ... explicitly, never by omission
 
 
 def test_notifications_are_marked():
