@@ -449,16 +449,6 @@ def _drive_with(task, context, timeout=120.0):
     raise AssertionError("task did not finish")
 
 
-def test_one_worker_at_a_time(addon, worker_prefs):
-    jobs = mod(addon, "jobs")
-    first = jobs.shared_client(sys.executable, worker_prefs.model_dir, "cpu")
-    assert jobs.shared_client(sys.executable, worker_prefs.model_dir, "cpu") is first  # reused, model kept
-    other = jobs.shared_client(sys.executable, None, "cpu")  # settings changed: the old worker is closed
-    assert other is not first and not first.alive and other.alive
-    jobs.forget_client(other)
-    assert not other.alive
-
-
 def test_exif_rotated_photo_is_a_clear_error(addon, scene, worker_prefs, tmp_path):
     # EXIF orientation 6 (rotate 90 degrees): the worker predicts on the upright 16 x 24 image, Blender shows 24 x 16.
     exif = Image.Exif()
@@ -468,3 +458,13 @@ def test_exif_rotated_photo_is_a_clear_error(addon, scene, worker_prefs, tmp_pat
     with pytest.raises(RuntimeError, match=r"depth is 16 x 24 but Blender shows 'rotated.jpg' as 24 x 16.*EXIF"):
         bpy.ops.metricgold.image_to_depth_mesh(filepath=str(tmp_path / "rotated.jpg"), synchronous=True)
     assert snapshot() == before
+
+
+def test_one_worker_at_a_time(addon, worker_prefs):
+    jobs = mod(addon, "jobs")
+    first = jobs.shared_client(sys.executable, worker_prefs.model_dir, "cpu")
+    assert jobs.shared_client(sys.executable, worker_prefs.model_dir, "cpu") is first  # reused, model kept
+    other = jobs.shared_client(sys.executable, None, "cpu")  # settings changed: the old worker is closed
+    assert other is not first and not first.alive and other.alive
+    jobs.forget_client(other)
+    assert not other.alive
