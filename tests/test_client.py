@@ -156,7 +156,7 @@ def test_cancel_from_another_thread_stops_within_one_step(client, image, tmp_pat
     assert isinstance(error, PredictionCancelled) and error.code == P.CANCELLED
     assert error.data["step"] - error.data["cancel_requested_at_step"] <= 1
     step = float(np.median(np.diff(step_times)))
-    assert outcome["when"] - cancelled_at < 3 * step + 1.0
+    assert outcome["when"] - cancelled_at < 3 * step + 2.0  # slack: a loaded CI machine
     assert not list(tmp_path.glob("*.npy"))
     assert client.predict(image, tmp_path, num_inference_steps=2, ensemble_size=1).depth.shape == (40, 56)
     assert client.pid == pid  # the same worker, still usable

@@ -264,9 +264,9 @@ def test_cancel_stops_within_one_denoising_step(worker, image, tmp_path):
         when, msg = worker.next_message()
         if msg.is_notification and msg.params["stage"] == "denoise":
             times.append(when)
+            last_step = msg.params["step"]
     sent = time.monotonic()
     worker.send("cancel", {"request_id": "long"}, "c1")
-    last_step = 0
     replies = {}
     while len(replies) < 2:  # the two replies may come in either order
         when, msg = worker.next_message()
@@ -282,7 +282,7 @@ def test_cancel_stops_within_one_denoising_step(worker, image, tmp_path):
     assert data["step"] - data["cancel_requested_at_step"] <= 1
     assert data["step"] == last_step < steps
     step_time = float(np.median(np.diff(times)))
-    assert when - sent < 3 * step_time + 1.0, (when - sent, step_time)
+    assert when - sent < 3 * step_time + 2.0, (when - sent, step_time)  # slack: a loaded CI machine
     assert list(tmp_path.glob("*.npy")) == []  # a cancelled prediction writes nothing
     # the worker stays usable; cancelling something unknown (or finished) says so
     reply, _ = worker.call("cancel", {"request_id": "long"}, "c2")
