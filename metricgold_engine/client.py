@@ -354,7 +354,7 @@ class WorkerClient:
             protocol.check_params(protocol.LOAD_MODEL, {"path": "-", "device": device, "dtype": dtype})
         except protocol.ProtocolError as exc:
             raise ValueError(exc.message.replace("load_model:", "WorkerClient:", 1)) from None
-        self._model = None if model is None else os.path.abspath(os.fspath(model))
+        self._model = None if model is None else _absolute(model)
         self._device = device
         self._dtype = dtype
         self._use_demo = False  # load_model(None) was called: reload the demo model after a restart
@@ -615,7 +615,7 @@ class WorkerClient:
         restarted worker loads it again."""
         try:
             params = protocol.check_params(protocol.LOAD_MODEL, {
-                "path": None if path is None else os.path.abspath(os.fspath(path)),
+                "path": None if path is None else _absolute(path),
                 "device": device or self._device, "dtype": dtype or self._dtype,
             })
         except protocol.ProtocolError as exc:
@@ -643,7 +643,7 @@ class WorkerClient:
         Raises PredictionCancelled (cancel() or ``cancel.is_set()``), WorkerTimeout, RequestError (bad image,
         output folder not writable, no model loaded, ...) and WorkerDied (the next call starts a fresh worker).
         """
-        params = dict(options, image=os.path.abspath(os.fspath(image)), output_dir=os.path.abspath(os.fspath(out_dir)))
+        params = dict(options, image=_absolute(image), output_dir=_absolute(out_dir))
         try:
             params = protocol.check_params(protocol.PREDICT, params)
         except protocol.ProtocolError as exc:
@@ -677,6 +677,11 @@ class WorkerClient:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.alive else ("closed" if self._closed else "not running")
         return f"WorkerClient({self.python_executable!r}, model={self._model!r}, {state})"
+
+
+def _absolute(path: str | os.PathLike[str]) -> str:
+    # The worker may run in another working folder: send absolute paths, with "~" expanded as a shell would.
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 def default_python() -> str:
