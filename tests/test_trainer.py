@@ -284,3 +284,21 @@ def test_resume_with_a_different_world_size_is_refused(data_root, tmp_path):
     state_path.write_text(json.dumps(state))
     with pytest.raises(ConfigError, match="saved by 4 process"):
         Trainer(tiny_config(data_root, tmp_path / "run", max_steps=4), "unet", resume="latest")
+
+
+def test_image_vae_target_trains_the_image_vae_and_seeds_the_depth_vae(data_root, tmp_path):
+    """`vae.target: image` (models without a pretrained SD VAE): the image VAE learns RGB, and the saved depth VAE
+    starts as a copy of it."""
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(data_root, tmp_path / "img", max_steps=10, gradient_accumulation_steps=1, batch_size=4,
+                      checkpoint_every=100)
+    cfg.vae.target, cfg.optim.lr = "image", 1e-3
+    final = train(cfg, "vae")
+    log = read_log(tmp_path / "img")
+    assert np.mean([r["psnr"] for r in log[-3:]]) > np.mean([r["psnr"] for r in log[:3]])
+    vae = load_file(str(final / "vae" / "diffusion_pytorch_model.safetensors"))
+    depth_vae = load_file(str(final / "depth_vae" / "diffusion_pytorch_model.safetensors"))
+    initial = build_model(cfg).vae.state_dict()
+    assert all(torch.equal(vae[k], depth_vae[k]) for k in vae)
+    assert any(not torch.equal(vae[k], initial[k]) for k in vae)  # it did train

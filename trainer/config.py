@@ -85,6 +85,9 @@ class RunConfig:
 class VaeStageConfig:
     kl_weight: float = _f(1e-6, "weight of the KL term (SD's VAE used 1e-6)")
     reconstruction_loss: str = _f("l1", "'l1' or 'l2', on valid pixels of the 3-channel log-normalized depth")
+    target: str = _f("depth", "'depth': fine-tune the depth VAE (the paper's stage 1). 'image': train the image VAE "
+                              "as an RGB autoencoder, only for models with no pretrained SD VAE (the demo model); "
+                              "the depth VAE then starts as a copy of it")
 
 
 @dataclass
@@ -127,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"run.mixed_precision: 'no', 'fp16' or 'bf16', got {self.run.mixed_precision!r}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr: must be > 0, got {self.optim.lr}")
+        if self.vae.target not in ("depth", "image"):
+            raise ConfigError(f"vae.target: 'depth' or 'image', got {self.vae.target!r}")
         if self.vae.reconstruction_loss not in ("l1", "l2"):
             raise ConfigError(f"vae.reconstruction_loss: 'l1' or 'l2', got {self.vae.reconstruction_loss!r}")
 

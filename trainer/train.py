@@ -151,6 +151,24 @@ def unet_loss(
     return loss, {"valid_fraction": float(mask.float().mean())}
 
 
+def image_vae_loss(
+    depth_vae_unused: Any, vae: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator,
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """RGB autoencoder loss for the image VAE (``vae.target: image``): reconstruction + kl_weight x KL; PSNR."""
+    target = batch["rgb"]
+    posterior = vae.encode(target).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(target.device)
+    recon = vae.decode(z).sample.float()
+    diff = recon - target
+    reconstruction = diff.abs().mean() if cfg.vae.reconstruction_loss == "l1" else diff.square().mean()
+    kl = posterior.kl().mean() / target[0].numel()
+    with torch.no_grad():
+        mse = (diff.clamp(-2, 2) / 2).square().mean()  # images in [-1, 1] -> PSNR on [0, 1]
+        psnr = -10.0 * torch.log10(mse.clamp(min=1e-10))
+    return reconstruction + cfg.vae.kl_weight * kl, {"psnr": float(psnr), "kl": float(kl.detach())}
+
+
 def vae_loss(
     pipe: MetricGoldPipeline, depth_vae: torch.nn.Module, batch: dict[str, torch.Tensor],
     generator: torch.Generator, cfg: TrainConfig,
@@ -267,7 +285,8 @@ class Trainer:
             module.requires_grad_(False)
             module.eval()
         self.pipe.to(acc.device)
-        trainable = self.pipe.unet if stage == "unet" else self.pipe.depth_vae
+        self.image_target = stage == "vae" and cfg.vae.target == "image"
+        trainable = self.pipe.unet if stage == "unet" else self.pipe.vae if self.image_target else self.pipe.depth_vae
         trainable.requires_grad_(True)
         trainable.train()
         if cfg.run.gradient_checkpointing:
@@ -358,6 +377,8 @@ class Trainer:
             }
             (tmp / "training" / "state.json").write_text(json.dumps(state, indent=2, default=str))
             with self._inference_weights():
+                if self.image_target:  # the depth VAE starts from the image VAE, as it starts from SD's
+                    self.pipe.depth_vae.load_state_dict(self.pipe.vae.state_dict())
                 self.pipe.save_pretrained(tmp / "model", safe_serialization=True)
             if target.exists():
                 shutil.rmtree(target)
@@ -366,6 +387,8 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
             if final:
                 with self._inference_weights():
+                    if self.image_target:
+                        self.pipe.depth_vae.load_state_dict(self.pipe.vae.state_dict())
                     save_checkpoint(self.pipe, self.output_dir / "final")
         acc.wait_for_everyone()
         return target
@@ -410,6 +433,8 @@ class Trainer:
         generator = step_generator(self.cfg.run.seed, self.step, micro, self.rank)
         if self.stage == "unet":
             return unet_loss(self.pipe, self.model, self.noise_scheduler, batch, generator, self.cfg)
+        if self.image_target:
+            return image_vae_loss(self.pipe, self.model, batch, generator, self.cfg)
         return vae_loss(self.pipe, self.model, batch, generator, self.cfg)
 
     def _log_path(self) -> Path:
@@ -500,7 +525,7 @@ class Trainer:
     def _preview(self) -> None:
         """Depth of the first training item, predicted (UNet stage) or reconstructed (VAE stage), to TensorBoard."""
         acc = self.accelerator
-        if not (acc.is_main_process and acc.log_with):
+        if not (acc.is_main_process and acc.log_with) or self.image_target:
             return
         from metricgold_engine.depth_io import colorize_depth
 
