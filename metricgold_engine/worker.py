@@ -303,10 +303,18 @@ class WorkerServer:
         started = time.perf_counter()
         params = job.request.params
         if self.pipe is None:
-            raise RequestFailed(
-                protocol.MODEL_NOT_LOADED,
-                "no model loaded: send load_model first (or start the worker with --model PATH)",
-            )
+            # Like the command line without --model: the engine's built-in demo model, when it is installed.
+            from .model import DEMO_MODEL_PATH
+
+            if not (DEMO_MODEL_PATH / "model_index.json").is_file():
+                raise RequestFailed(
+                    protocol.MODEL_NOT_LOADED,
+                    f"no model loaded, and the built-in demo model is not installed ({DEMO_MODEL_PATH}): send "
+                    "load_model with a checkpoint folder first (or start the worker with --model PATH)",
+                )
+            self._progress(job, "load_model", 0, 1)
+            self.load(None, self.default_device, self.default_dtype)
+            self._progress(job, "load_model", 1, 1)
         # 1. Check the inputs before any compute, so a typo costs milliseconds, not a whole prediction
         # Paths are taken relative to the worker's working folder; results always name absolute paths.
         image_path = Path(params["image"]).expanduser().absolute()

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from metricgold_engine import protocol as P
+from metricgold_engine.model import DEMO_MODEL_PATH
 from metricgold_engine.client import (
     ClientClosed,
     PredictionCancelled,
@@ -240,9 +241,14 @@ def test_model_later_and_close_from_another_thread(tiny_checkpoint, image, tmp_p
     c = WorkerClient(sys.executable, device="cpu", env=ENV)
     pid = c.pid
     assert c.info["model_loaded"] is False and c.info["protocol_version"] == P.PROTOCOL_VERSION
-    with pytest.raises(RequestError) as info:
-        c.predict(image, tmp_path)
-    assert info.value.code == P.MODEL_NOT_LOADED and "load_model" in str(info.value)
+    if (DEMO_MODEL_PATH / "model_index.json").is_file():  # predict without a model uses the built-in one
+        result = c.predict(image, tmp_path, num_inference_steps=1, ensemble_size=1)
+        assert result.shape == (40, 56) and Path(c.hello()["model_path"]) == DEMO_MODEL_PATH.resolve()
+    else:
+        with pytest.raises(RequestError) as info:
+            c.predict(image, tmp_path)
+        assert info.value.code == P.MODEL_NOT_LOADED and "load_model" in str(info.value)
+        assert str(DEMO_MODEL_PATH) in str(info.value)
     assert c.load_model(tiny_checkpoint)["model_loaded"]
     started = threading.Event()
     outcome: list[BaseException] = []

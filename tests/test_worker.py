@@ -370,3 +370,24 @@ def test_bad_model_at_start_exits_with_a_message(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == b""
     assert f"{tmp_path / 'missing'}: model folder not found" in proc.stderr.decode()
+
+
+def test_predict_without_a_model_loads_the_built_in_demo_model(tiny_checkpoint, image, tmp_path, monkeypatch):
+    """In-process WorkerServer (no subprocess): the tiny checkpoint stands in for the built-in demo model."""
+    import io
+
+    from metricgold_engine import model as model_module
+    from metricgold_engine.worker import WorkerServer
+
+    monkeypatch.setattr(model_module, "DEMO_MODEL_PATH", tiny_checkpoint)
+    out = io.BytesIO()
+    server = WorkerServer(out, device="cpu", dtype="float32")
+    params = {"image": str(image), "output_dir": str(tmp_path), "num_inference_steps": 1, "ensemble_size": 1}
+    assert server.serve(io.BytesIO(P.encode(P.request("predict", params, 1)))) == 0  # end of input: finish, exit
+    messages = [P.parse_response(line) for line in out.getvalue().splitlines()]
+    stages = [m.params["stage"] for m in messages if m.is_notification]
+    assert stages[:2] == ["load_model", "load_model"]
+    reply = messages[-1]
+    assert reply.id == 1 and reply.error is None and np.load(reply.result["depth_path"]).shape == (48, 64)
+    info = server.info()
+    assert info["model_loaded"] and Path(info["model_path"]) == tiny_checkpoint.resolve()
