@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m metricgold_engine demo --out demo_output
+	$(PY) scripts/demo.py --out demo_output
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests

@@ -29,24 +29,6 @@ from PIL import Image  # noqa: E402
 from metricgold_engine.model import init_from_stable_diffusion, make_tiny_stable_diffusion, pick_device  # noqa: E402
 
 
-def build_sd2_shaped(root: Path) -> Path:
-    """A randomly initialised folder with the real SD2 UNet/VAE shapes (for GPU memory and speed; no weights)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    make_tiny_stable_diffusion(root, size="tiny")  # tokenizer, text encoder, scheduler
-    UNet2DConditionModel(
-        sample_size=96, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
-        attention_head_dim=(5, 10, 20, 20), cross_attention_dim=32, use_linear_projection=True,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    ).save_pretrained(root / "unet")
-    AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), latent_channels=4, sample_size=768,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
-    ).save_pretrained(root / "vae")
-    return root
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=128, help="processing resolution (long side)")
@@ -62,8 +44,7 @@ def main() -> int:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        sd = build_sd2_shaped(Path(tmp) / "sd") if args.sd2_shapes else make_tiny_stable_diffusion(
-            Path(tmp) / "sd", size=args.size)
+        sd = make_tiny_stable_diffusion(Path(tmp) / "sd", size="sd2" if args.sd2_shapes else args.size)
         ours = init_from_stable_diffusion(sd).to(device, dtype)
         text_encoder = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(sd, subfolder="tokenizer")

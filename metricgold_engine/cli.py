@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random MetricGold checkpoint (tests, CPU demos)")
     t.add_argument("dir")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    t.add_argument("--size", choices=("tiny", "small", "sd2"), default="tiny")
 
     i = sub.add_parser("init-from-sd", help="build an untrained MetricGold model from a Stable Diffusion v2 folder")
     i.add_argument("sd_path", help="Stable Diffusion v2 folder in diffusers layout (or a Marigold checkpoint)")

@@ -215,11 +215,24 @@ TINY_SIZES: dict[str, dict[str, Any]] = {
         "vae": dict(block_out_channels=(32, 32, 64), layers_per_block=1, norm_num_groups=32),
         "text_hidden": 64,
     },
+    # Stable Diffusion v2's own UNet and VAE shapes with random weights (~1.3 B parameters in all): for benchmarks
+    # of speed and memory on GPUs, where no weights can be downloaded.
+    "sd2": {
+        "unet": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20, 20),
+                     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32,
+                     sample_size=96),
+        "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                    sample_size=768),
+        "text_hidden": 1024,
+    },
 }
 
 
 def make_tiny_stable_diffusion(path: str | os.PathLike[str], seed: int = 0, size: str = "tiny") -> Path:
     """Write a randomly initialised, SD2-shaped folder (unet, vae, text_encoder, tokenizer, scheduler) to ``path``.
+
+    ``size``: "tiny" (tests), "small" (the demo model) or "sd2" (SD2's full UNet/VAE shapes, for benchmarks).
 
     Same classes and folder layout as stabilityai/stable-diffusion-2, so :func:`init_from_stable_diffusion` runs on
     it exactly as on the real model.
@@ -235,14 +248,13 @@ def make_tiny_stable_diffusion(path: str | os.PathLike[str], seed: int = 0, size
     torch.manual_seed(seed)
     hidden = spec["text_hidden"]
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, cross_attention_dim=hidden, use_linear_projection=True,
-        **spec["unet"],
+        **{"sample_size": 32, **spec["unet"]}, in_channels=4, out_channels=4, cross_attention_dim=hidden,
+        use_linear_projection=True,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        **{"sample_size": 64, **spec["vae"]}, in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * len(spec["vae"]["block_out_channels"]),
         up_block_types=("UpDecoderBlock2D",) * len(spec["vae"]["block_out_channels"]),
-        **spec["vae"],
     )
     # A byte-less toy vocabulary is enough: the empty prompt only ever uses BOS and EOS.
     vocab = {chr(i): i - 33 for i in range(33, 127)}

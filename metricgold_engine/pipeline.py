@@ -204,7 +204,14 @@ class MetricGoldPipeline(DiffusionPipeline):
 
         # 3. DDIM timesteps
         scheduler = self._scheduler_for(timestep_spacing)
+        train_steps = scheduler.config.num_train_timesteps
+        if num_inference_steps > train_steps:
+            raise ValueError(f"num_inference_steps must be <= {train_steps} (the schedule's length), "
+                             f"got {num_inference_steps}")
         scheduler.set_timesteps(num_inference_steps, device=device)
+        if int(scheduler.timesteps.max()) >= train_steps:  # "leading" + steps_offset can step past the schedule
+            raise ValueError(f"num_inference_steps={num_inference_steps} is too many for timestep_spacing "
+                             f"'{timestep_spacing}'; use fewer steps or 'trailing'")
 
         # 4. Initial noise of every member, drawn at once so results do not depend on batch_size
         noise = randn_tensor(

@@ -147,6 +147,8 @@ def test_step_callback_and_abort(tiny_pipeline):
     ({"ensemble_reduction": "max"}, "ensemble_reduction"),
     ({"seed": -3}, "seed"),
     ({"ensemble_size": 2.5}, "ensemble_size"),
+    ({"num_inference_steps": 1001}, "num_inference_steps must be <= 1000"),
+    ({"num_inference_steps": 1000, "timestep_spacing": "leading"}, "too many for timestep_spacing 'leading'"),
 ])
 def test_bad_arguments(tiny_pipeline, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -471,6 +471,7 @@ class Trainer:
                         disable=not acc.is_main_process, dynamic_ncols=True)
         started, start_step = time.perf_counter(), self.step
         while self.step < cfg.run.max_steps:
+            step_started = time.perf_counter()
             losses, extras = [], []
             for micro in range(ga):
                 batch = next(batches)
@@ -493,7 +494,10 @@ class Trainer:
                 self.ema.step(self.params)
             self.step += 1
 
-            record = {"step": self.step, "loss": float(np.mean(losses)), "lr": self.lr_scheduler.get_last_lr()[0]}
+            record = {"step": self.step, "loss": float(np.mean(losses)), "lr": self.lr_scheduler.get_last_lr()[0],
+                      "seconds": time.perf_counter() - step_started}
+            if acc.device.type == "cuda":
+                record["peak_memory_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
             for key in extras[0]:
                 record[key] = float(np.nanmean([e[key] for e in extras]))
             if acc.is_main_process:
