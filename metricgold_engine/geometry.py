@@ -67,6 +67,10 @@ class Intrinsics:
         if int(self.width) != self.width or int(self.height) != self.height or self.width < 1 or self.height < 1:
             raise ValueError(f"image size must be positive integers, got {self.width} x {self.height}")
 
+    def as_json(self) -> dict[str, float]:
+        """The intrinsics record of the plain folder format (``ROOT/intrinsics/NAME.json``): fx, fy, cx, cy."""
+        return {"fx": float(self.fx), "fy": float(self.fy), "cx": float(self.cx), "cy": float(self.cy)}
+
     @classmethod
     def from_fov(
         cls, width: int, height: int, fov_deg: float = DEFAULT_HORIZONTAL_FOV_DEG, axis: str = "horizontal"

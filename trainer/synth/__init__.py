@@ -9,13 +9,12 @@ does not import bpy: the scene sampler
 
 from __future__ import annotations
 
-from .camera import CameraIntrinsics, blender_camera_intrinsics, lens_from_horizontal_fov
+from .camera import blender_camera_intrinsics, lens_from_horizontal_fov
 from .output import frame_done, frame_name, is_val
 from .scenes import SCENE_KINDS, SceneSpec, frame_rng, sample_scene
 
 __all__ = [
     "SCENE_KINDS",
-    "CameraIntrinsics",
     "SceneSpec",
     "blender_camera_intrinsics",
     "frame_done",

@@ -12,31 +12,14 @@ down its local -Z with +Y up, so the same ray in Blender camera space is ``((u -
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+
+from metricgold_engine.geometry import Intrinsics
 
 __all__ = [
-    "CameraIntrinsics",
     "blender_camera_intrinsics",
     "lens_from_horizontal_fov",
     "horizontal_fov_from_lens",
 ]
-
-
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    """Pinhole intrinsics in pixels of a ``width x height`` image (OpenCV convention, see module docstring)."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    def as_json(self) -> dict[str, float]:
-        """The ``OUT/intrinsics/NAME.json`` record of the plain folder format (fx, fy, cx, cy in pixels)."""
-        d = asdict(self)
-        return {k: float(d[k]) for k in ("fx", "fy", "cx", "cy")}
 
 
 def _sensor_fit_axis(sensor_fit: str, width_px: float, height_px: float) -> str:
@@ -58,7 +41,7 @@ def blender_camera_intrinsics(
     sensor_fit: str = "AUTO",
     shift_x: float = 0.0,
     shift_y: float = 0.0,
-) -> CameraIntrinsics:
+) -> Intrinsics:
     """Intrinsics of a Blender perspective camera rendered at ``width x height`` with square pixels.
 
     Blender maps the sensor onto one image axis (``sensor_fit``; AUTO = the larger axis, measured by
@@ -85,7 +68,7 @@ def blender_camera_intrinsics(
     f_px = lens_mm / sensor_mm * fitted_px
     cx = width / 2.0 - 0.5 - shift_x * fitted_px
     cy = height / 2.0 - 0.5 + shift_y * fitted_px
-    return CameraIntrinsics(fx=f_px, fy=f_px, cx=cx, cy=cy, width=int(width), height=int(height))
+    return Intrinsics(fx=f_px, fy=f_px, cx=cx, cy=cy, width=int(width), height=int(height))
 
 
 def lens_from_horizontal_fov(fov_deg: float, sensor_width_mm: float = 36.0) -> float:

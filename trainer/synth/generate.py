@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from metricgold_engine.depth_io import atomic_write, write_depth_exr, write_depth_npy
+from metricgold_engine.geometry import Intrinsics
 
-from .camera import CameraIntrinsics, blender_camera_intrinsics
+from .camera import blender_camera_intrinsics
 from .output import (
     DEPTH_FORMATS,
     check_or_write_manifest,
@@ -61,7 +62,7 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return w, h
 
 
-def camera_intrinsics(spec: SceneSpec, width: int, height: int) -> CameraIntrinsics:
+def camera_intrinsics(spec: SceneSpec, width: int, height: int) -> Intrinsics:
     """The intrinsics of the camera :func:`~trainer.synth.blender_scene.build_scene` makes for ``spec``."""
     return blender_camera_intrinsics(
         lens_mm=spec.camera.lens_mm,
