@@ -549,22 +549,26 @@ class WorkerClient:
                 try:
                     kind, message = inbox.get(timeout=_POLL)
                 except queue.Empty:
-                    now = time.monotonic()
-                    if cancel is not None and not cancel_sent and cancel.is_set():
+                    kind = message = None
+                # Checked on every message too, not only in quiet moments: progress lines can arrive faster than
+                # _POLL (fast GPUs), and a cancel or deadline must still take effect.
+                now = time.monotonic()
+                if cancel is not None and not cancel_sent and cancel.is_set():
+                    cancel_sent = self._send_cancel(conn, request_id)
+                if deadline is not None and not timed_out and now >= deadline:
+                    timed_out = True
+                    kill_at = now + CANCEL_GRACE
+                    if method in (protocol.PREDICT, protocol.LOAD_MODEL) and not cancel_sent:
                         cancel_sent = self._send_cancel(conn, request_id)
-                    if deadline is not None and not timed_out and now >= deadline:
-                        timed_out = True
-                        kill_at = now + CANCEL_GRACE
-                        if method in (protocol.PREDICT, protocol.LOAD_MODEL) and not cancel_sent:
-                            cancel_sent = self._send_cancel(conn, request_id)
-                        if not is_predict:
-                            kill_at = now  # nothing else to wait for
-                    if kill_at is not None and now >= kill_at:
-                        conn.kill()
-                        raise WorkerTimeout(
-                            f"{method} did not finish within {timeout} s; the worker (pid {conn.pid}) did not respond "
-                            f"and was stopped. The next call starts a fresh worker."
-                        )
+                    if not is_predict:
+                        kill_at = now  # nothing else to wait for
+                if kill_at is not None and now >= kill_at:
+                    conn.kill()
+                    raise WorkerTimeout(
+                        f"{method} did not finish within {timeout} s; the worker (pid {conn.pid}) did not respond "
+                        f"and was stopped. The next call starts a fresh worker."
+                    )
+                if kind is None:
                     continue
                 if kind == _EOF:
                     if self._closed:

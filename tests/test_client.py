@@ -293,6 +293,22 @@ STAND_IN = textwrap.dedent(
             version = 999 if mode == "version" else 1
             send({"jsonrpc": "2.0", "id": msg["id"], "result": {"protocol_version": version,
                   "engine_version": "9.9", "pid": os.getpid(), "model_loaded": False}})
+        elif msg.get("method") == "predict" and mode == "chatty":
+            # Progress every 2 ms, far faster than the client's poll, until a cancel arrives (or 5 s pass).
+            import threading
+            stop, rid = threading.Event(), msg["id"]
+            def stream():
+                step, t0 = 0, time.monotonic()
+                while not stop.is_set() and time.monotonic() - t0 < 5:
+                    step += 1
+                    send({"jsonrpc": "2.0", "method": "progress",
+                          "params": {"request_id": rid, "stage": "denoise", "step": step, "total": 10**6}})
+                    time.sleep(0.002)
+                code, text = (-32001, "cancelled") if stop.is_set() else (-32000, "stand-in: no cancel arrived")
+                send({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": text}})
+            threading.Thread(target=stream).start()
+        elif msg.get("method") == "cancel" and mode == "chatty":
+            stop.set()
         elif msg.get("method") == "predict" and mode == "dies":
             sys.stderr.write("stand-in: simulated native crash\\n"); sys.stderr.flush(); os._exit(3)
         elif msg.get("method") == "shutdown" and mode != "stubborn":
@@ -358,6 +374,23 @@ def test_crash_before_hello_shows_its_stderr(tmp_path):
         WorkerClient(_stand_in(tmp_path, "crash"))
     assert "exit code 3" in str(info.value) and "simulated crash before hello" in str(info.value)
     assert all(_wait_reaped(int(pid)) for pid in (tmp_path / "pids").read_text().split())
+
+
+@posix_only
+def test_cancel_lands_while_progress_streams_faster_than_the_poll(tmp_path, image):
+    """A cancel event must take effect even when progress lines never leave the client a quiet moment."""
+    c = WorkerClient(_stand_in(tmp_path, "chatty"))
+    event = threading.Event()
+
+    def on_progress(p: Progress) -> None:
+        if p.step == 3:
+            event.set()
+
+    t0 = time.monotonic()
+    with pytest.raises(PredictionCancelled):
+        c.predict(image, tmp_path, cancel=event, on_progress=on_progress)
+    assert time.monotonic() - t0 < 4
+    c.close()
 
 
 @posix_only
