@@ -118,10 +118,15 @@ class METRICGOLD_OT_test_worker(bpy.types.Operator):
         return {"FINISHED"}
 
 
+DEMO_MODEL_NOTE = "the built-in DEMO model (small, trained only on synthetic scenes: expect rough depth)"
+
+
 def describe_worker(info: dict[str, Any]) -> str:
-    model = info.get("model") or info.get("model_path") or "no model loaded (the engine's default is used)"
+    model = info.get("model") or info.get("model_path") or f"not loaded yet ({DEMO_MODEL_NOTE} unless a model folder is set)"
     if isinstance(model, dict):
         model = model.get("path") or model.get("name") or model
+    if info.get("demo_model"):
+        model = DEMO_MODEL_NOTE
     return (f"MetricGold worker OK: engine {info.get('engine_version', '?')}, device {info.get('device', '?')}, "
             f"model {model}")
 
@@ -136,7 +141,7 @@ class MetricGoldPreferences(bpy.types.AddonPreferences):
     )
     model_dir: StringProperty(  # type: ignore[valid-type]
         name="Model folder",
-        description="A MetricGold checkpoint folder (model_index.json inside); empty: the engine's default model",
+        description="A MetricGold checkpoint folder (model_index.json inside); empty: the built-in demo model",
         subtype="DIR_PATH",
     )
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")  # type: ignore[valid-type]
@@ -159,6 +164,8 @@ class MetricGoldPreferences(bpy.types.AddonPreferences):
             box.label(text=line)
         layout.prop(self, "python_executable")
         layout.prop(self, "model_dir")
+        if not self.model_dir:
+            layout.label(text=f"No model folder: {DEMO_MODEL_NOTE}.", icon="INFO")
         layout.prop(self, "device")
         row = layout.row()
         row.prop(self, "steps")

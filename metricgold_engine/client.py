@@ -547,9 +547,9 @@ class WorkerClient:
             kill_at = None
             while True:
                 try:
-                    kind, message = inbox.get(timeout=_POLL)
+                    item = inbox.get(timeout=_POLL)
                 except queue.Empty:
-                    kind = message = None
+                    item = None
                 # Checked on every message too, not only in quiet moments: progress lines can arrive faster than
                 # _POLL (fast GPUs), and a cancel or deadline must still take effect.
                 now = time.monotonic()
@@ -568,8 +568,9 @@ class WorkerClient:
                         f"{method} did not finish within {timeout} s; the worker (pid {conn.pid}) did not respond "
                         f"and was stopped. The next call starts a fresh worker."
                     )
-                if kind is None:
+                if item is None:
                     continue
+                kind, message = item
                 if kind == _EOF:
                     if self._closed:
                         raise ClientClosed(f"the WorkerClient was closed while {doing}")

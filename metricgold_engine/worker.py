@@ -254,6 +254,8 @@ class WorkerServer:
                 device = str(pick_device(self.default_device))
             except ValueError:
                 device = self.default_device
+        from .model import DEMO_MODEL_PATH
+
         return {
             "protocol_version": protocol.PROTOCOL_VERSION,
             "engine_version": __version__,
@@ -264,6 +266,8 @@ class WorkerServer:
             "dtype": dtype,
             "model_loaded": self.pipe is not None,
             "model_path": None if self.model_key is None else self.model_key[0],
+            # The built-in demo model is small and trained only on synthetic scenes: clients should say so.
+            "demo_model": self.model_key is not None and Path(self.model_key[0]) == DEMO_MODEL_PATH.resolve(),
         }
 
     def load(self, path: str | None, device: str, dtype: str) -> None:

@@ -108,6 +108,7 @@ def test_hello_reports_versions_device_and_model(worker, tiny_checkpoint):
     assert info["torch_version"] == torch.__version__
     assert info["device"] == "cpu" and info["dtype"] == "float32"
     assert info["model_loaded"] is True and Path(info["model_path"]) == tiny_checkpoint.resolve()
+    assert info["demo_model"] is False
     assert info["pid"] == worker.proc.pid
 
 
@@ -391,3 +392,4 @@ def test_predict_without_a_model_loads_the_built_in_demo_model(tiny_checkpoint, 
     assert reply.id == 1 and reply.error is None and np.load(reply.result["depth_path"]).shape == (48, 64)
     info = server.info()
     assert info["model_loaded"] and Path(info["model_path"]) == tiny_checkpoint.resolve()
+    assert info["demo_model"] is True  # so that clients can label it as the demo model
