@@ -4,7 +4,7 @@
 # `make install`. FRAMES and the step counts in configs/demo_*.yaml set the cost.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-FRAMES=${FRAMES:-2400}
+FRAMES=${FRAMES:-1400}
 $PY -m trainer.synth --out data/synth --count "$FRAMES" --resolution 256x192 --seed 0
 $PY -m trainer vae  --config configs/demo_image_vae.yaml
 $PY -m trainer vae  --config configs/demo_depth_vae.yaml
