@@ -60,15 +60,7 @@ def _valid_pixels(
     g = _as_float64_2d("gt", gt)
     if d.shape != g.shape:
         raise ValueError(f"pred has shape {d.shape} but gt has shape {g.shape}; resize the prediction first")
-    with np.errstate(invalid="ignore"):
-        mask = np.isfinite(g) & (g > 0)
-    if valid_mask is not None:
-        vm = np.asarray(valid_mask)
-        if vm.ndim == 3 and vm.shape[0] == 1:
-            vm = vm[0]
-        if vm.shape != g.shape:
-            raise ValueError(f"valid_mask has shape {vm.shape} but gt has shape {g.shape}")
-        mask &= vm.astype(bool)
+    mask = _scored_pixels(g, valid_mask, "valid_mask")
     if not mask.any():
         raise ValueError("no valid ground-truth pixel to evaluate (mask empty, or ground truth all 0/NaN)")
     d, g = d[mask], g[mask]
@@ -80,6 +72,20 @@ def _valid_pixels(
             "clip predictions to the evaluation range before computing metrics"
         )
     return d, g
+
+
+def _scored_pixels(gt: np.ndarray, mask: Any, name: str) -> np.ndarray:
+    """Pixels with usable ground truth (finite, > 0), and inside ``mask`` ([H,W] or [1,H,W]) when one is given."""
+    with np.errstate(invalid="ignore"):
+        scored = np.isfinite(gt) & (gt > 0)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.ndim == 3 and m.shape[0] == 1:
+            m = m[0]
+        if m.shape != gt.shape:
+            raise ValueError(f"{name} has shape {m.shape} but gt has shape {gt.shape}")
+        scored &= m.astype(bool)
+    return scored
 
 
 def compute_depth_metrics(pred: Any, gt: Any, valid_mask: Any | None = None) -> dict[str, float]:
@@ -129,15 +135,7 @@ def align_depth_least_squares(
     g = _as_float64_2d("gt", gt)
     if p.shape != g.shape:
         raise ValueError(f"pred has shape {p.shape} but gt has shape {g.shape}")
-    with np.errstate(invalid="ignore"):
-        m = np.isfinite(g) & (g > 0) & np.isfinite(p)
-    if mask is not None:
-        mm = np.asarray(mask)
-        if mm.ndim == 3 and mm.shape[0] == 1:
-            mm = mm[0]
-        if mm.shape != g.shape:
-            raise ValueError(f"mask has shape {mm.shape} but gt has shape {g.shape}")
-        m &= mm.astype(bool)
+    m = _scored_pixels(g, mask, "mask") & np.isfinite(p)
     if m.sum() < 2:
         raise ValueError("affine alignment needs at least 2 valid pixels")
     a = np.stack([p[m], np.ones(int(m.sum()))], axis=1)
