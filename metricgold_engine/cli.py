@@ -137,7 +137,7 @@ def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[st
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .model import CheckpointError, load_pipeline
+    from .model import DEMO_MODEL_NOTE, CheckpointError, load_pipeline
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - {"npy", "exr", "png16", "color"})
@@ -162,6 +162,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.model is None:
+        print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
+              file=sys.stderr)
     pipe.set_progress_bar_config(leave=False, desc="denoising")
     options = {key: getattr(args, key) for key in (
         "num_inference_steps", "ensemble_size", "processing_resolution", "seed", "timestep_spacing",

@@ -4,7 +4,8 @@
 
 The baseline predicts, for every pixel of every image, the mean valid depth of the training split: a model that
 does not beat it has learned nothing about the image. Both are scored with the project's metric protocol
-(trainer.eval: no scale or shift alignment). Writes report.json and report.md into --out (atomically).
+(trainer.eval: no scale or shift alignment). Two more rows: the model fed the next frame's image (what it takes
+from the image at all) and the model with a per-image scale and shift fitted to the truth (its shape alone). Writes report.json and report.md into --out (atomically).
 """
 
 from __future__ import annotations
@@ -53,7 +54,15 @@ def main() -> int:
     eval_set = open_eval_set("folder", data, split_file=data / "val.txt", max_depth=args.max_depth)
     pipe = load_pipeline(args.model, device="auto")
     pipe.set_progress_bar_config(disable=True)
-    model = evaluate(make_predictor(pipe), eval_set, max_images=args.max_images)
+    predict = make_predictor(pipe)
+    model = evaluate(predict, eval_set, max_images=args.max_images, align=True)
+    # image-use check: score frame i's ground truth against the prediction for frame i+1's image. A model that
+    # ignores the image (predicts only the depth prior) scores the same here as above. evaluate() calls the
+    # predictor once per frame, in order, so a counter knows which frame is being scored.
+    n = len(eval_set) if args.max_images is None else min(len(eval_set), args.max_images)
+    frame = iter(range(n))
+    shuffled = evaluate(lambda rgb: predict(eval_set[(next(frame) + 1) % n].rgb), eval_set,
+                        max_images=args.max_images, progress=False)
     mean_depth = training_mean_depth(data)
     baseline = evaluate(lambda rgb: np.full(rgb.shape[:2], mean_depth, np.float32), eval_set,
                         max_images=args.max_images, progress=False)
@@ -65,13 +74,24 @@ def main() -> int:
         "settings": {"num_inference_steps": c.default_num_inference_steps, "ensemble_size": c.default_ensemble_size,
                      "processing_resolution": c.default_processing_resolution},
         "model_metrics": model["metrics"],
+        "model_metrics_affine_aligned": model["aligned_metrics"],
+        "model_metrics_with_the_next_frames_image": shuffled["metrics"],
         "baseline_train_mean_depth_m": mean_depth,
         "baseline_metrics": baseline["metrics"],
     }
-    rows = {"model": model["metrics"], f"baseline (train mean {mean_depth:.2f} m)": baseline["metrics"]}
-    md = (f"Held-out synthetic frames ({report['images']} images of {data / 'val.txt'}), metric depth, no alignment; "
+    rows = {
+        "model": model["metrics"],
+        f"baseline (train mean {mean_depth:.2f} m)": baseline["metrics"],
+        "model, fed the next frame's image": shuffled["metrics"],
+        "model, per-image scale and shift fitted to the truth": model["aligned_metrics"],
+    }
+    md = (f"Held-out synthetic frames ({report['images']} images of {data / 'val.txt'}), metric depth; "
           f"{c.default_num_inference_steps} steps x ensemble {c.default_ensemble_size} at "
-          f"{c.default_processing_resolution} px.\n\n" + format_metrics_markdown(rows) + "\n")
+          f"{c.default_processing_resolution} px.\n\n" + format_metrics_markdown(rows) + "\n\n"
+          "The first two rows are the ones that matter: metres against metres, no alignment. The third scores each "
+          "frame's truth against the prediction for another frame's image: the gap to the first row is what the "
+          "model takes from the image. The last fits a scale and shift per image to the truth (least squares), so "
+          "it shows the shape of the prediction without its metric scale (an upper bound, not a usable setting).\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "report.json") as tmp:

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Reproduce the built-in demo model from nothing, on a CPU: synthetic data rendered by Blender, then the project's
-# own trainer (image VAE -> depth VAE -> UNet), then the held-out report. Run from the repository root after
+# own trainer (image VAE -> depth VAE -> UNet -> single-step UNet fine-tuning), then the held-out report. Run from the repository root after
 # `make install`. FRAMES and the step counts in configs/demo_*.yaml set the cost.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-FRAMES=${FRAMES:-1400}
+FRAMES=${FRAMES:-4400}
 $PY -m trainer.synth --out data/synth --count "$FRAMES" --resolution 256x192 --seed 0
 $PY -m trainer vae  --config configs/demo_image_vae.yaml
 $PY -m trainer vae  --config configs/demo_depth_vae.yaml
 $PY -m trainer unet --config configs/demo_unet.yaml
-$PY scripts/demo_model_report.py --model runs/demo-unet/final --data data/synth --out runs/demo-unet/report
+$PY -m trainer unet --config configs/demo_unet_onestep.yaml
+FINAL=runs/demo-unet-onestep/final
+$PY scripts/demo_model_report.py --model "$FINAL" --data data/synth --out "$FINAL"-report
 rm -rf metricgold_engine/demo_model
-cp -r runs/demo-unet/final metricgold_engine/demo_model
-cp runs/demo-unet/report/report.md metricgold_engine/demo_model/REPORT.md
+cp -r "$FINAL" metricgold_engine/demo_model
+cp "$FINAL"-report/report.md metricgold_engine/demo_model/REPORT.md
+cp "$FINAL"-report/report.json metricgold_engine/demo_model/report.json

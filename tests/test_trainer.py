@@ -15,6 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
+from metricgold_engine.depth_codec import normalize_depth
 from trainer.config import ConfigError, TrainConfig, dump_config, load_config
 from trainer.train import (
     Trainer,
@@ -302,3 +303,50 @@ def test_image_vae_target_trains_the_image_vae_and_seeds_the_depth_vae(data_root
     initial = build_model(cfg).vae.state_dict()
     assert all(torch.equal(vae[k], depth_vae[k]) for k in vae)
     assert any(not torch.equal(vae[k], initial[k]) for k in vae)  # it did train
+
+
+def test_final_timesteps_train_a_one_step_model(data_root, tmp_path, monkeypatch):
+    """``unet.timesteps: final`` (single-step fine-tuning) trains only at t = T-1, and its loss is the clean-latent
+    error of one trailing DDIM step scaled by sqrt(1 - alpha_bar_{T-1}) (checked by hand below)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    cfg = tiny_config(data_root, tmp_path / "run", max_steps=1)
+    cfg.unet.timesteps = "final"
+    cfg.validate()
+    pipe = build_model(cfg)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    T = scheduler.config.num_train_timesteps
+    seen: list[torch.Tensor] = []
+    forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda x, t, **kw: (seen.append(t), forward(x, t, **kw))[1])
+
+    from trainer.data import DatasetSpec, build_training_dataset
+
+    dataset = build_training_dataset([DatasetSpec(kind="folder", root=str(data_root))], (32, 32), False, 1, length=4)
+    batch = _collate([dataset[i] for i in range(4)])
+    batch["valid"][:] = True  # the whole latent counts, so the hand computation below needs no mask
+    with torch.no_grad():
+        loss, _ = unet_loss(pipe, pipe.unet, scheduler, batch, step_generator(3, 0, 0, 0), cfg)
+    assert len(seen) == 1 and seen[0].tolist() == [T - 1] * 4
+
+    # the same noise, by hand: one trailing DDIM step from x_T gives x0_hat = sqrt(ab) x_T - sqrt(1 - ab) v_hat
+    generator = step_generator(3, 0, 0, 0)
+    torch.randint(0, T, (4,), generator=generator)
+    with torch.no_grad():
+        x0 = pipe.encode_depth(normalize_depth(batch["depth"], cfg.model.depth_min, cfg.model.depth_max)).float()
+        noise = torch.randn(x0.shape, generator=generator)
+        ab = float(scheduler.alphas_cumprod[T - 1])
+        x_t = ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
+        image_latent = pipe.encode_image(batch["rgb"]).float()
+        text = pipe.text_embedding.embedding.repeat(4, 1, 1)
+        v_hat = forward(torch.cat([image_latent, x_t], 1), torch.full((4,), T - 1), encoder_hidden_states=text).sample
+        ddim = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+        ddim.set_timesteps(1)
+        assert ddim.timesteps.tolist() == [T - 1]
+        x0_hat = ddim.step(v_hat, ddim.timesteps[0], x_t).pred_original_sample
+    expected = float(((x0_hat - x0) ** 2).mean()) / (1 - ab)
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+
+    cfg.unet.timesteps = "last"
+    with pytest.raises(ConfigError, match="unet.timesteps"):
+        cfg.validate()

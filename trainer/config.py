@@ -95,6 +95,11 @@ class UnetStageConfig:
     multires_noise: bool = _f(False, "Marigold-style multi-resolution (pyramid) noise instead of white noise")
     multires_noise_strength: float = _f(0.9, "weight ratio between pyramid levels")
     multires_noise_annealed: bool = _f(True, "scale the pyramid strength with t / T")
+    timesteps: str = _f("uniform", "'uniform': t ~ U{0..T-1} (the paper). 'final': always t = T-1, single-step "
+                                   "fine-tuning (E2E-FT, Garcia et al. 2024): one trailing DDIM step then returns "
+                                   "the model's depth, and the loss (v at t = T-1, within 0.3 % of the clean-latent "
+                                   "error) cannot be lowered without the image; for small from-scratch models that "
+                                   "otherwise learn only the depth prior. Infer with 1 step, trailing spacing")
 
 
 @dataclass
@@ -132,6 +137,8 @@ class TrainConfig:
             raise ConfigError(f"optim.lr: must be > 0, got {self.optim.lr}")
         if self.vae.target not in ("depth", "image"):
             raise ConfigError(f"vae.target: 'depth' or 'image', got {self.vae.target!r}")
+        if self.unet.timesteps not in ("uniform", "final"):
+            raise ConfigError(f"unet.timesteps: 'uniform' or 'final', got {self.unet.timesteps!r}")
         if self.vae.reconstruction_loss not in ("l1", "l2"):
             raise ConfigError(f"vae.reconstruction_loss: 'l1' or 'l2', got {self.vae.reconstruction_loss!r}")
 

@@ -123,7 +123,7 @@ def unet_loss(
     pipe: MetricGoldPipeline, unet: torch.nn.Module, noise_scheduler: Any, batch: dict[str, torch.Tensor],
     generator: torch.Generator, cfg: TrainConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """v-prediction MSE on valid latent pixels (paper §3.2)."""
+    """v-prediction MSE on valid latent pixels (paper §3.2); ``unet.timesteps: final`` trains at t = T-1 only."""
     device = batch["rgb"].device
     c = pipe.config
     with torch.no_grad():
@@ -131,11 +131,14 @@ def unet_loss(
         depth_normalized = normalize_depth(batch["depth"], c.depth_min, c.depth_max, c.depth_normalization)
         depth_latent = pipe.encode_depth(depth_normalized).float()
     b = depth_latent.shape[0]
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator)
+    if cfg.unet.timesteps == "final":  # single-step fine-tuning; still draw above so the noise stream is the same
+        timesteps = torch.full_like(timesteps, num_train_timesteps - 1)
     if cfg.unet.multires_noise:
         strength = cfg.unet.multires_noise_strength
         if cfg.unet.multires_noise_annealed:
-            strength = strength * timesteps.float() / noise_scheduler.config.num_train_timesteps
+            strength = strength * timesteps.float() / num_train_timesteps
         noise = multires_noise(tuple(depth_latent.shape), generator, strength)
     else:
         noise = torch.randn(depth_latent.shape, generator=generator)
