@@ -1,6 +1,6 @@
 """What a model can and cannot do, in numbers: metric depth on held-out synthetic frames, next to a trivial baseline.
 
-    .venv/bin/python scripts/demo_model_report.py --model runs/demo-unet/final --data data/synth --out REPORT_DIR
+    .venv/bin/python scripts/demo_model_report.py --model runs/demo-unet-onestep/final --data data/synth --out REPORT_DIR
 
 The baseline predicts, for every pixel of every image, the mean valid depth of the training split: a model that
 does not beat it has learned nothing about the image. Both are scored with the project's metric protocol

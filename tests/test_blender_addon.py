@@ -437,6 +437,8 @@ def test_progress_in_status_bar_and_header(addon, scene, worker_prefs, photo, mo
     assert all(t.startswith("MetricGold: ") and t.endswith("(Esc to cancel)") for t in texts[:-1])
     assert workspace.calls[-1] == ("status_text_set", None)
     assert "MetricGold task" in bpy.data.objects
+    # a configured model folder is not called the demo model (the label is for an empty folder setting)
+    assert task.settings.model and reports[-1][0] == {"INFO"} and "DEMO" not in reports[-1][1]
 
 
 def _drive_with(task, context, timeout=120.0):
