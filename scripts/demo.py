@@ -5,7 +5,8 @@
 1. predicts metric depth for the sample photo (a room rendered by the project's synthetic-data generator, whose exact
    depth is known) with the built-in demo model, writing .npy / .exr / 16-bit PNG / colour preview;
 2. compares the prediction with the ground truth (AbsRel, delta1) — no alignment, metres against metres;
-3. builds a .blend holding the metric depth mesh and the matching camera, and renders a PNG preview through it.
+3. builds a .blend holding the metric depth mesh and the matching camera, renders a PNG preview through it and one
+   from the side (where the depth shows as 3D).
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def main() -> int:
     # 3. .blend with the metric mesh and the matching camera, plus a rendered preview (bpy in its own process)
     blend = out / f"{image.stem}.blend"
     preview = out / f"{image.stem}_preview.png"
+    side = out / f"{image.stem}_preview_side.png"
     command = [sys.executable, str(REPO / "scripts" / "image_to_mesh.py"), str(image), "--depth", str(depth_path),
-               "--out", str(blend), "--render", str(preview)]
+               "--out", str(blend), "--render", str(preview), "--render-side", str(side)]
     intrinsics_path = image.with_name(f"{image.stem}_intrinsics.json")
     if intrinsics_path.is_file():
         k = json.loads(intrinsics_path.read_text())
@@ -89,6 +91,7 @@ def main() -> int:
         return result.returncode
     print(f"\ndemo written to {out}/:\n  {depth_path.name} (+ .exr, 16-bit PNG, colour preview, uncertainty)\n"
           f"  {blend.name}: metric depth mesh + matching camera\n  {preview.name}: rendered through that camera\n"
+          f"  {side.name}: the mesh from 30 degrees to the side, where the depth shows\n"
           f"  demo_summary.json")
     if random_model:
         print("(tiny random model: see the NOTE above)")

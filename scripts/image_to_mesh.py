@@ -4,12 +4,14 @@
     blender -b -P scripts/image_to_mesh.py -- IMAGES... --out scene.blend [--model DIR] [--python PY]
         [--depth FILE] [--fov DEG | --intrinsics FX FY CX CY] [--point-cloud] [--stride N]
         [--steps N] [--ensemble N] [--processing-resolution N] [--device DEV] [--render preview.png]
+        [--render-side side.png]
 
 or the same with ``python scripts/image_to_mesh.py ...`` where ``bpy`` (Blender as a Python module) is installed.
 Predicted depths are kept next to the .blend, in ``<out>_depth/NAME_depth.npy`` (metres, float32).
 Each image goes into its own collection, side by side along X. ``--depth`` takes an existing depth file (.npy,
 .exr, 16-bit PNG in mm) for a single image and needs no model or worker. ``--render`` renders the last image's
-camera view (Cycles, a few samples, 640 px wide) with a light.
+camera view (Cycles, a few samples, 640 px wide) with a light; ``--render-side`` the same from a camera orbited
+30 degrees about the mesh's centre, where the depth shows as 3D.
 
 The work is done by the add-on's own operators (``metricgold.image_to_depth_mesh`` etc.), run synchronously.
 """
@@ -29,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:  # a repository script: the add-on and engine
 PREVIEW_WIDTH = 640
 PREVIEW_SAMPLES = 8
 GAP_M = 0.5  # metres between neighbouring images' meshes
+SIDE_DEGREES = 30.0  # orbit of the side view about the vertical axis through the mesh's centre
 
 
 class ScriptError(Exception):
@@ -57,6 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--processing-resolution", type=int, default=-1,
                    help="longest side the model works at (default: the model's; 0: the image's own)")
     p.add_argument("--render", type=Path, help="also render a preview PNG through the (last) created camera")
+    p.add_argument("--render-side", type=Path,
+                   help="also render a PNG from a camera orbited SIDE_DEGREES about the mesh's centre, which shows "
+                        "the depth as 3D (seen through the photo's own camera, a mesh looks like the photo)")
     args = p.parse_args(argv)
     if not args.images and not args.depth:
         p.error("give at least one image (or --depth FILE)")
@@ -90,11 +96,12 @@ def render_preview(bpy, scene, out: Path) -> None:
 
     if scene.camera is None:
         raise ScriptError("nothing to render: no camera was created")
-    light_data = bpy.data.lights.new("MetricGold preview light", "SUN")
-    light_data.energy = 3.0
-    light = bpy.data.objects.new("MetricGold preview light", light_data)
-    light.rotation_euler = (math.radians(50.0), 0.0, math.radians(30.0))
-    scene.collection.objects.link(light)
+    if "MetricGold preview light" not in scene.objects:
+        light_data = bpy.data.lights.new("MetricGold preview light", "SUN")
+        light_data.energy = 3.0
+        light = bpy.data.objects.new("MetricGold preview light", light_data)
+        light.rotation_euler = (math.radians(50.0), 0.0, math.radians(30.0))
+        scene.collection.objects.link(light)
     if scene.world is None:
         scene.world = bpy.data.worlds.new("World")
     render = scene.render
@@ -110,6 +117,39 @@ def render_preview(bpy, scene, out: Path) -> None:
         bpy.ops.render.render(write_still=True)
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise ScriptError(f"Blender did not write the render to {tmp}")
+
+
+def render_side_view(bpy, scene, out: Path, degrees: float = SIDE_DEGREES) -> None:
+    """Render from a copy of the scene camera pulled back and orbited ``degrees`` about the world's vertical axis
+    through the centre of the last mesh's bounding box, then put the photo's camera back (the .blend is saved
+    before this). It orbits towards the side where the scene is deeper, so it does not end up behind a near wall."""
+    import numpy as np
+    from mathutils import Matrix, Vector
+
+    camera = scene.camera
+    meshes = [o for o in scene.objects if o.type == "MESH"]
+    if camera is None or not meshes:
+        raise ScriptError("nothing to render: no camera or mesh was created")
+    mesh = meshes[-1]
+    points = np.empty(len(mesh.data.vertices) * 3)
+    mesh.data.vertices.foreach_get("co", points)
+    to_camera = np.array(camera.matrix_world.inverted() @ mesh.matrix_world)
+    xyz = points.reshape(-1, 3) @ to_camera[:3, :3].T + to_camera[:3, 3]  # camera looks along -Z, x to the right
+    right = xyz[:, 0] > 0
+    right_deeper = bool(right.any() and (~right).any() and -xyz[right, 2].mean() > -xyz[~right, 2].mean())
+    centre = sum((mesh.matrix_world @ Vector(c) for c in mesh.bound_box), Vector()) / 8.0
+    pull_back = camera.matrix_world.to_3x3() @ Vector((0.0, 0.0, 0.5 * (centre - camera.location).length))
+    angle = math.radians(degrees if right_deeper else -degrees)
+    orbit = Matrix.Translation(centre) @ Matrix.Rotation(angle, 4, "Z") @ Matrix.Translation(-centre)
+    side = bpy.data.objects.new("MetricGold side view", camera.data)
+    side.matrix_world = orbit @ Matrix.Translation(pull_back) @ camera.matrix_world
+    scene.collection.objects.link(side)
+    scene.camera = side
+    try:
+        render_preview(bpy, scene, out)
+    finally:
+        scene.camera = camera
+        bpy.data.objects.remove(side)
 
 
 def right_edge_m(scene) -> float:
@@ -170,6 +210,9 @@ def run(args: argparse.Namespace) -> list[str]:
         if args.render:
             render_preview(bpy, bpy.context.scene, args.render.resolve())
             messages.append(f"rendered {args.render.resolve()}")
+        if args.render_side:
+            render_side_view(bpy, bpy.context.scene, args.render_side.resolve())
+            messages.append(f"rendered {args.render_side.resolve()} (side view)")
         return messages
     finally:
         metricgold_blender.unregister()

@@ -70,7 +70,7 @@ def test_depth_file_intrinsics_and_render(tmp_path):
     depth_io.write_depth_npy(tmp_path / "desk_depth.npy", np.linspace(1.0, 3.0, 24 * 32).reshape(24, 32))
     out = tmp_path / "scene.blend"
     proc = run_script(photo, "--depth", tmp_path / "desk_depth.npy", "--intrinsics", 30, 30, 15.5, 11.5,
-                      "--out", out, "--render", tmp_path / "preview.png")
+                      "--out", out, "--render", tmp_path / "preview.png", "--render-side", tmp_path / "side.png")
     assert "wrote" in proc.stdout
     info = describe(out)
     objs = info["collections"]["MetricGold desk"]
@@ -85,8 +85,14 @@ def test_depth_file_intrinsics_and_render(tmp_path):
         assert im.size == (640, 480)
         pixels = np.asarray(im.convert("RGB")).astype(np.float64)
     assert pixels.std() > 10  # the photo is visible, not an empty frame
+    with Image.open(tmp_path / "side.png") as im:
+        side = np.asarray(im.convert("RGB")).astype(np.float64)
+    # seen from the side, the mesh covers part of the frame and shows the empty world around it
+    background = np.all(np.abs(side - side[0, 0]) < 2, axis=-1)
+    assert side.shape == pixels.shape and 0.05 < background.mean() < 0.95, background.mean()
+    assert np.abs(side - pixels).mean() > 10
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "desk.png", "desk_depth.npy", "preview.png", "scene.blend"]  # no temp files left
+        "desk.png", "desk_depth.npy", "preview.png", "scene.blend", "side.png"]  # no temp files left
 
 
 def test_worker_many_images_point_cloud(tmp_path, tiny_checkpoint):
