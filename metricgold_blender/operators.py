@@ -276,7 +276,7 @@ class DepthTask:
             self.report({"ERROR"}, f"MetricGold: {e}")
             return {"CANCELLED"}
         what = "points" if self.build_options.point_cloud else "vertices"
-        demo = "" if self.settings.model else " (built-in DEMO model: rough depth; set a model folder in the preferences)"
+        demo = "" if self.settings.model else " (built-in DEMO model: expect rough depth)"
         self.report({"INFO"}, f"MetricGold: {self.name}: {self.result.vertex_count} {what}, camera from {source}, "
                               f"depth {result.depth_path}{demo}")
         return {"FINISHED"}

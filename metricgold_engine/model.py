@@ -40,7 +40,8 @@ COMPONENTS = ("unet", "vae", "depth_vae", "scheduler", "text_embedding")
 #: The built-in demo checkpoint (a small model trained by this project on its own synthetic data), used when no
 #: model folder is given. See README "Demo model".
 DEMO_MODEL_PATH = Path(__file__).resolve().parent / "demo_model"
-DEMO_MODEL_NOTE = "small, trained only on synthetic scenes rendered by trainer.synth: expect rough depth; see README 'Demo model'"
+DEMO_MODEL_NOTE = ("small, trained only on synthetic scenes rendered by trainer.synth: expect rough depth; "
+                   "see README 'Demo model'")
 
 
 class CheckpointError(ValueError):
