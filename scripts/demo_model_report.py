@@ -1,11 +1,13 @@
 """What a model can and cannot do, in numbers: metric depth on held-out synthetic frames, next to a trivial baseline.
 
-    .venv/bin/python scripts/demo_model_report.py --model runs/demo-unet-onestep/final --data data/synth --out REPORT_DIR
+    .venv/bin/python scripts/demo_model_report.py --model runs/demo-unet-onestep/final --data data/synth \
+        --out REPORT_DIR
 
 The baseline predicts, for every pixel of every image, the mean valid depth of the training split: a model that
 does not beat it has learned nothing about the image. Both are scored with the project's metric protocol
 (trainer.eval: no scale or shift alignment). Two more rows: the model fed the next frame's image (what it takes
-from the image at all) and the model with a per-image scale and shift fitted to the truth (its shape alone). Writes report.json and report.md into --out (atomically).
+from the image at all) and the model with a per-image scale and shift fitted to the truth (its shape alone).
+Writes report.json and report.md into --out (atomically).
 """
 
 from __future__ import annotations

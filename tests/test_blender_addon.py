@@ -406,6 +406,20 @@ def test_cancel_mid_run(addon, scene, worker_prefs, photo):
     assert snapshot() == before
 
 
+def test_empty_model_folder_uses_and_labels_the_demo_model(addon, scene, worker_prefs, photo, monkeypatch):
+    import dataclasses
+
+    prefs_mod = mod(addon, "preferences")
+    configured = prefs_mod.get_settings(bpy.context)
+    monkeypatch.setattr(prefs_mod, "get_settings", lambda context: dataclasses.replace(configured, model_dir=""))
+    reports: list = []
+    task = _task(addon, photo, reports)  # the demo model's own defaults (1 step x 4 at 128 px)
+    assert task.settings.model is None
+    task.start(bpy.context)
+    assert _drive(task) == {"FINISHED"}, reports
+    assert reports[-1][0] == {"INFO"} and "built-in DEMO model" in reports[-1][1]
+
+
 class _Recorder:
     """Stands in for the window manager, workspace and area: records what the task shows."""
 
