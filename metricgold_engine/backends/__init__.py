@@ -1,0 +1,5 @@
+"""Depth models behind one interface: :class:`~metricgold_engine.backends.base.DepthEstimator`.
+
+MetricGold (the diffusion model this project trains) is the first backend; transformers' metric depth models sit
+beside it, each in a module of its own. The CLI, the worker and the evaluation see only the interface.
+"""
