@@ -6,8 +6,9 @@ The zip is what Blender 4.2+ installs (Preferences > Get Extensions > Install fr
 
     blender_manifest.toml
     __init__.py, operators.py, ...            the add-on (metricgold_blender/*.py)
-    _vendor/metricgold_engine/                the torch-free engine modules it needs, imported relatively
-        __init__.py  client.py  protocol.py  geometry.py  depth_io.py
+    _vendor/metricgold_engine/__init__.py     the engine's version
+    _vendor/metricgold_engine/core/           the engine's torch-free ground floor, whole (client, protocol,
+                                              geometry, depth files, errors, ...), imported relatively
 
 Nothing else goes in: no torch-based module, no tests, no caches. Entries are sorted and time-stamped from the
 manifest's version only, so the same sources give the same bytes. The zip is checked with ``blender --command extension
@@ -33,8 +34,8 @@ ADDON_DIR = ROOT / "metricgold_blender"
 ENGINE_DIR = ROOT / "metricgold_engine"
 MANIFEST = ROOT / "blender_manifest.toml"
 
-#: The engine's ground-floor modules the add-on uses (client imports protocol).
-VENDORED_ENGINE_MODULES = ("client.py", "protocol.py", "geometry.py", "depth_io.py")
+#: The engine's ground floor (torch-free, Pillow-free), vendored whole into the extension.
+CORE_DIR = ENGINE_DIR / "core"
 VENDOR_PREFIX = "_vendor/metricgold_engine/"
 #: Modules that must never be imported at module level by anything in the zip (Blender's Python lacks them).
 FORBIDDEN_TOP_LEVEL = {"torch", "diffusers", "transformers", "accelerate", "safetensors", "PIL", "OpenEXR", "tqdm"}
@@ -69,15 +70,6 @@ def engine_version() -> str:
     return match.group(1)
 
 
-def vendor_source(name: str, source: str) -> str:
-    """``source`` of an engine module with absolute ``metricgold_engine`` imports made relative."""
-    source = re.sub(r"^(\s*)from metricgold_engine\.(\w+) import", r"\1from .\2 import", source, flags=re.M)
-    source = re.sub(r"^(\s*)from metricgold_engine import", r"\1from . import", source, flags=re.M)
-    if re.search(r"^\s*import metricgold_engine", source, flags=re.M):
-        raise BuildError(f"{name}: 'import metricgold_engine...' cannot be vendored; use a relative import")
-    return source
-
-
 def check_imports(name: str, source: str) -> None:
     """Refuse module-level imports Blender's Python cannot satisfy (function-level, lazy imports are fine)."""
     tree = ast.parse(source, filename=name)
@@ -97,17 +89,23 @@ def check_imports(name: str, source: str) -> None:
                 raise BuildError(f"{name}: imports {bad[0]} at module level; Blender's Python does not have it")
 
 
-def check_vendored_imports(name: str, source: str) -> None:
-    """A vendored module may import (relatively) only other vendored modules: nothing else is in the zip."""
-    available = {m.removesuffix(".py") for m in VENDORED_ENGINE_MODULES} | {"__version__"}
+def check_vendored_imports(name: str, source: str, available: set[str]) -> None:
+    """A vendored core module may import (relatively, within core) only other core modules: nothing else of the
+    engine is in the zip, and an absolute ``metricgold_engine`` import would not find the vendored copy."""
     for node in ast.walk(ast.parse(source, filename=name)):
+        if isinstance(node, ast.ImportFrom) and node.level > 1:
+            raise BuildError(f"{name}: imports from outside metricgold_engine.core ({'.' * node.level}"
+                             f"{node.module or ''}); the ground floor must stand on its own")
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             wanted = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
             missing = [w for w in wanted if w not in available]
             if missing:
-                raise BuildError(
-                    f"{name} imports .{missing[0]}, which is not vendored; add it to VENDORED_ENGINE_MODULES "
-                    "(it must be torch-free) or import it lazily where it is needed")
+                raise BuildError(f"{name} imports .{missing[0]}, which is not a module of metricgold_engine.core")
+        modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                   else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+        if any(m.split(".")[0] == "metricgold_engine" for m in modules):
+            raise BuildError(f"{name}: 'metricgold_engine' imported by absolute name cannot be vendored; use a "
+                             "relative import")
 
 
 def zip_entries() -> list[tuple[str, bytes]]:
@@ -130,11 +128,13 @@ def zip_entries() -> list[tuple[str, bytes]]:
         '"""The torch-free ground floor of MetricGold\'s engine, vendored into the Blender extension by build.py."""\n'
         f'\n__version__ = "{version}"\n'
     ).encode("utf-8")
-    for name in VENDORED_ENGINE_MODULES:
-        source = vendor_source(name, (ENGINE_DIR / name).read_text(encoding="utf-8"))
-        check_imports(name, source)
-        check_vendored_imports(name, source)
-        entries[VENDOR_PREFIX + name] = source.encode("utf-8")
+    core_modules = sorted(CORE_DIR.glob("*.py"))
+    available = {path.stem for path in core_modules}
+    for path in core_modules:
+        source = path.read_text(encoding="utf-8")
+        check_imports(f"core/{path.name}", source)
+        check_vendored_imports(f"core/{path.name}", source, available)
+        entries[VENDOR_PREFIX + "core/" + path.name] = source.encode("utf-8")
     return sorted(entries.items())
 
 

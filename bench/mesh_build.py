@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from metricgold_blender import mesh_builder
-    from metricgold_engine import geometry
+    from metricgold_engine.core import geometry
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     w, h = args.width, args.height

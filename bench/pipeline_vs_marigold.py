@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import DDIMScheduler, MarigoldDepthPipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from metricgold_engine.model import init_from_stable_diffusion, make_tiny_stable_diffusion, pick_device  # noqa: E402
+from metricgold_engine.checkpoint import init_from_stable_diffusion  # noqa: E402
+from metricgold_engine.tiny_models import make_tiny_stable_diffusion  # noqa: E402
+from metricgold_engine.devices import pick_device  # noqa: E402
 
 
 def main() -> int:

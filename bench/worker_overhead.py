@@ -29,7 +29,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from metricgold_engine.client import WorkerClient  # noqa: E402
+from metricgold_engine.core.client import WorkerClient  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print the numbers as one JSON line")
     args = parser.parse_args(argv)
 
-    from metricgold_engine.depth_io import write_depth_npy
-    from metricgold_engine.model import load_pipeline, make_tiny_checkpoint
+    from metricgold_engine.core.depth_io import write_depth_npy
+    from metricgold_engine.checkpoint import load_pipeline
+    from metricgold_engine.tiny_models import make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

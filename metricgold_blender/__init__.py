@@ -1,7 +1,7 @@
 """MetricGold for Blender: a photo in, a mesh (or point cloud) in metres and a matching camera out.
 
 The add-on never imports torch: predictions run in a worker process (the Python set in the preferences) reached
-through ``metricgold_engine.client``; mesh building uses the torch-free ``metricgold_engine.geometry`` and
+through ``metricgold_engine.core.client``; mesh building uses the torch-free ``metricgold_engine.core.geometry`` and
 ``depth_io`` (vendored inside the extension zip by ``build.py``). User guide: docs/blender.md.
 """
 

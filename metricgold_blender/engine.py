@@ -1,9 +1,9 @@
 """The ground floor of MetricGold's engine, as the add-on sees it.
 
-Installed as a Blender extension, the torch-free engine modules travel inside the add-on as the subpackage
-``_vendor.metricgold_engine`` (``build.py`` puts them there) and are imported relatively: extensions may not rely on
-top-level names on ``sys.path``. In a source checkout (tests, ``python scripts/image_to_mesh.py``) the same modules
-are the top-level ``metricgold_engine`` package. Either way the rest of the add-on imports them from here.
+Installed as a Blender extension, the torch-free engine floor (``metricgold_engine.core``) travels inside the add-on
+as the subpackage ``_vendor.metricgold_engine.core`` (``build.py`` puts it there) and is imported relatively:
+extensions may not rely on top-level names on ``sys.path``. In a source checkout (tests, ``python
+scripts/image_to_mesh.py``) the same modules are the top-level ``metricgold_engine.core`` package. Either way the rest of the add-on imports them from here.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import importlib.util
 
 if importlib.util.find_spec(f"{__package__}._vendor") is not None:
     from ._vendor.metricgold_engine import __version__ as ENGINE_VERSION  # type: ignore[import-not-found]
-    from ._vendor.metricgold_engine import client, depth_io, geometry  # type: ignore[import-not-found]
+    from ._vendor.metricgold_engine.core import client, depth_io, geometry  # type: ignore[import-not-found]
 else:  # source checkout: the engine is a sibling package
     from metricgold_engine import __version__ as ENGINE_VERSION
-    from metricgold_engine import client, depth_io, geometry
+    from metricgold_engine.core import client, depth_io, geometry
 
 __all__ = ["ENGINE_VERSION", "client", "depth_io", "geometry"]

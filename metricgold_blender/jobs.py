@@ -1,7 +1,7 @@
 """Predictions on a background thread, so that Blender's UI stays responsive.
 
 Blender's data may only be touched from the main thread. A :class:`PredictionJob` therefore does nothing but talk
-to the worker (through ``metricgold_engine.client``) on its own thread; the modal operator polls it from a timer on
+to the worker (through ``metricgold_engine.core.client``) on its own thread; the modal operator polls it from a timer on
 the main thread and builds the mesh once the depth is there. No bpy here: the tests drive it directly.
 
 Workers are kept per (python, model, device) for the whole Blender session (:func:`shared_client`): loading a model
@@ -136,7 +136,7 @@ class PredictionJob:
             client = self._get_client()
             self._client = client
             if self._cancel.is_set():
-                raise worker_client.PredictionCancelled(-32001, "cancelled before the worker started")
+                raise worker_client.PredictionCancelled("cancelled before the worker started")
             self.stage = "load_image"
             result = client.predict(
                 self.image_path, self.out_dir, on_progress=self._on_progress, cancel=self._cancel, **self.options

@@ -1,6 +1,6 @@
 """Blender-facing half of the add-on: depth map + intrinsics -> mesh or point cloud, material, camera.
 
-The format logic (intrinsics, unprojection, faces) lives in ``metricgold_engine.geometry`` and is tested without
+The format logic (intrinsics, unprojection, faces) lives in ``metricgold_engine.core.geometry`` and is tested without
 Blender; this module only moves its numpy arrays into Blender datablocks with ``foreach_set`` (never a per-vertex
 Python loop) and sets up a camera that reproduces the intrinsics.
 

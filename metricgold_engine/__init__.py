@@ -1,8 +1,14 @@
 """MetricGold: monocular metric depth with a fine-tuned Stable Diffusion v2.
 
-The package root imports nothing heavy: Blender's Python (no torch) imports ``metricgold_engine.client``,
-``metricgold_engine.geometry``, ``metricgold_engine.depth_io`` and ``metricgold_engine.depth_codec`` through it.
-The torch-based names below are resolved on first use.
+Three floors, each importing only the ones below it:
+
+- ``metricgold_engine.core``: pure Python + numpy (depth codec, geometry, depth files, the worker protocol and its
+  client, the error family). Blender's Python imports it; it never imports torch or Pillow.
+- the engine (this package's other modules): the MetricGold components, checkpoints, ``MetricGoldPipeline``, image
+  decoding, metrics, the model backends, the worker and the CLI (torch, diffusers, transformers, Pillow).
+- the users: ``trainer`` and ``metricgold_blender`` (the latter reaches the engine only through the worker).
+
+The package root imports nothing heavy; the names below are resolved on first use.
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "MetricGoldPipeline": "metricgold_engine.pipeline",
     "MetricGoldDepthOutput": "metricgold_engine.pipeline",
-    "EmptyTextEmbedding": "metricgold_engine.model",
-    "init_from_stable_diffusion": "metricgold_engine.model",
-    "make_tiny_checkpoint": "metricgold_engine.model",
+    "EmptyTextEmbedding": "metricgold_engine.components",
+    "init_from_stable_diffusion": "metricgold_engine.checkpoint",
+    "load_pipeline": "metricgold_engine.checkpoint",
+    "save_checkpoint": "metricgold_engine.checkpoint",
+    "make_tiny_checkpoint": "metricgold_engine.tiny_models",
+    "WorkerClient": "metricgold_engine.core.client",
+    "MetricGoldError": "metricgold_engine.core.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -115,7 +115,7 @@ def _output_names(images: Sequence[Path]) -> list[str]:
 
 def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[str]) -> list[Path]:
     """Write one prediction's files (each atomically); returns their paths."""
-    from . import depth_io
+    from .core import depth_io
 
     writers = {
         "npy": (f"{name}_depth.npy", depth_io.write_depth_npy),
@@ -137,7 +137,9 @@ def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[st
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .model import DEMO_MODEL_NOTE, CheckpointError, load_pipeline
+    from .core.demo_model import DEMO_MODEL_NOTE
+    from .core.errors import CheckpointError
+    from .checkpoint import load_pipeline
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - {"npy", "exr", "png16", "color"})
@@ -190,7 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from .model import make_tiny_checkpoint
+    from .tiny_models import make_tiny_checkpoint
 
     path = make_tiny_checkpoint(args.dir, seed=args.seed, size=args.size)
     print(f"tiny random MetricGold checkpoint ({args.size}, seed {args.seed}) written to {path}", file=sys.stderr)
@@ -198,8 +200,9 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_init_from_sd(args: argparse.Namespace) -> int:
-    from .depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN
-    from .model import CheckpointError, init_from_stable_diffusion, save_checkpoint
+    from .core.depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN
+    from .core.errors import CheckpointError
+    from .checkpoint import init_from_stable_diffusion, save_checkpoint
 
     try:
         pipe = init_from_stable_diffusion(

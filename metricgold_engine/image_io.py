@@ -9,11 +9,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .core.errors import ImageLoadError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-
-
-class ImageLoadError(ValueError):
-    """An input image could not be used; the message names the file and the problem."""
 
 
 def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:

@@ -21,12 +21,12 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN, check_depth_range, denormalize_depth
+from .components import EmptyTextEmbedding
+from .core.depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN, check_depth_range, denormalize_depth
+from .core.errors import InvalidParams
+from .core.options import ENSEMBLE_REDUCTIONS, NATIVE_RESOLUTION, TIMESTEP_SPACINGS
 from .image_io import load_rgb_image
-from .model import EmptyTextEmbedding
 
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-ENSEMBLE_REDUCTIONS = ("median", "mean")
 #: Consistency constant: 1.4826 * MAD estimates the standard deviation of a normal distribution.
 MAD_TO_STD = 1.4826
 
@@ -44,7 +44,7 @@ class MetricGoldDepthOutput(BaseOutput):
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InvalidParams(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -121,10 +121,10 @@ class MetricGoldPipeline(DiffusionPipeline):
     def _prepare_image(
         self, image: Image.Image, processing_resolution: int
     ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-        """Resize so the long side is ``processing_resolution`` (0 keeps the native size), then pad bottom/right by
+        """Resize so the long side is ``processing_resolution`` (NATIVE_RESOLUTION keeps the photo's size), then pad bottom/right by
         edge replication to a multiple of 8 (and of the VAE factor) — padding instead of stretching keeps the
         camera geometry of the photo exact. Returns the tensor, the unpadded size and the padded size."""
-        if processing_resolution > 0:
+        if processing_resolution != NATIVE_RESOLUTION:
             scale = processing_resolution / max(image.width, image.height)
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
             if size != image.size:
@@ -136,6 +136,43 @@ class MetricGoldPipeline(DiffusionPipeline):
         if ph or pw:
             rgb = F.pad(rgb, (0, pw, 0, ph), mode="replicate")
         return rgb, (h, w), (h + ph, w + pw)
+
+    def check_inputs(
+        self,
+        num_inference_steps: int | None,
+        ensemble_size: int | None,
+        processing_resolution: int | None,
+        batch_size: int,
+        timestep_spacing: str | None,
+        ensemble_reduction: str,
+        seed: int | None,
+    ) -> dict[str, Any]:
+        """Check every option (diffusers' convention: before any work) and fill in the checkpoint's defaults.
+        Raises InvalidParams (a ValueError) naming the option."""
+        cfg = self.config
+        steps = _check_int("num_inference_steps", cfg.default_num_inference_steps if num_inference_steps is None
+                           else num_inference_steps, 1)
+        ensemble = _check_int("ensemble_size", cfg.default_ensemble_size if ensemble_size is None else ensemble_size, 1)
+        resolution = _check_int("processing_resolution", cfg.default_processing_resolution
+                                if processing_resolution is None else processing_resolution, NATIVE_RESOLUTION)
+        batch = _check_int("batch_size", batch_size, 0)
+        spacing = timestep_spacing or cfg.default_timestep_spacing
+        if spacing not in TIMESTEP_SPACINGS:
+            raise InvalidParams(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+        if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
+            raise InvalidParams(f"ensemble_reduction must be one of {ENSEMBLE_REDUCTIONS}, got {ensemble_reduction!r}")
+        if seed is not None:
+            _check_int("seed", seed, 0)
+        scheduler = self._scheduler_for(spacing)
+        train_steps = scheduler.config.num_train_timesteps
+        if steps > train_steps:
+            raise InvalidParams(f"num_inference_steps must be <= {train_steps} (the schedule's length), got {steps}")
+        scheduler.set_timesteps(steps)
+        if int(scheduler.timesteps.max()) >= train_steps:  # "leading" + steps_offset can step past the schedule
+            raise InvalidParams(f"num_inference_steps={steps} is too many for timestep_spacing '{spacing}'; use "
+                                "fewer steps or 'trailing'")
+        return {"num_inference_steps": steps, "ensemble_size": ensemble, "processing_resolution": resolution,
+                "batch_size": batch or ensemble, "timestep_spacing": spacing}
 
     # --------------------------------------------------------------------------------------- inference
 
@@ -160,7 +197,7 @@ class MetricGoldPipeline(DiffusionPipeline):
         Args:
             num_inference_steps: DDIM steps (checkpoint default; the paper uses 50).
             ensemble_size: runs from different noise, reduced in log-depth space (paper: 10).
-            processing_resolution: long side the model sees; 0 = native size.
+            processing_resolution: long side the model sees; NATIVE_RESOLUTION (0) = the photo's own size.
             match_input_resolution: return depth at the input's size (else at the processing size).
             batch_size: ensemble members per UNet batch; 0 picks one.
             generator / seed: noise source; a seed makes the result deterministic.
@@ -169,29 +206,18 @@ class MetricGoldPipeline(DiffusionPipeline):
             ensemble_reduction: "median" (robust, default) or "mean".
             step_callback: ``f(step, total)`` after every denoising step; raising in it aborts the prediction.
         """
+        # 0. Settings: the checkpoint's defaults where not given, all checked before any work
+        settings = self.check_inputs(
+            num_inference_steps, ensemble_size, processing_resolution, batch_size, timestep_spacing,
+            ensemble_reduction, seed,
+        )
+        num_inference_steps, ensemble_size = settings["num_inference_steps"], settings["ensemble_size"]
+        processing_resolution, batch_size = settings["processing_resolution"], settings["batch_size"]
+        timestep_spacing = settings["timestep_spacing"]
+        if seed is not None and generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
         cfg = self.config
-        # 0. Settings: checkpoint defaults where not given, all checked before any work
-        num_inference_steps = _check_int(
-            "num_inference_steps", cfg.default_num_inference_steps if num_inference_steps is None
-            else num_inference_steps, 1)
-        ensemble_size = _check_int(
-            "ensemble_size", cfg.default_ensemble_size if ensemble_size is None else ensemble_size, 1)
-        processing_resolution = _check_int(
-            "processing_resolution", cfg.default_processing_resolution if processing_resolution is None
-            else processing_resolution, 0)
-        batch_size = _check_int("batch_size", batch_size, 0)
-        timestep_spacing = timestep_spacing or cfg.default_timestep_spacing
-        if timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
-        if ensemble_reduction not in ENSEMBLE_REDUCTIONS:
-            raise ValueError(f"ensemble_reduction must be one of {ENSEMBLE_REDUCTIONS}, got {ensemble_reduction!r}")
-        if seed is not None:
-            _check_int("seed", seed, 0)
-            if generator is None:
-                generator = torch.Generator(device="cpu").manual_seed(int(seed))
         device = self._execution_device
-        if batch_size == 0:
-            batch_size = ensemble_size
 
         # 1. Image -> [-1, 1] tensor at the processing resolution, padded to a multiple of 8
         pil = load_rgb_image(image)
@@ -204,14 +230,7 @@ class MetricGoldPipeline(DiffusionPipeline):
 
         # 3. DDIM timesteps
         scheduler = self._scheduler_for(timestep_spacing)
-        train_steps = scheduler.config.num_train_timesteps
-        if num_inference_steps > train_steps:
-            raise ValueError(f"num_inference_steps must be <= {train_steps} (the schedule's length), "
-                             f"got {num_inference_steps}")
         scheduler.set_timesteps(num_inference_steps, device=device)
-        if int(scheduler.timesteps.max()) >= train_steps:  # "leading" + steps_offset can step past the schedule
-            raise ValueError(f"num_inference_steps={num_inference_steps} is too many for timestep_spacing "
-                             f"'{timestep_spacing}'; use fewer steps or 'trailing'")
 
         # 4. Initial noise of every member, drawn at once so results do not depend on batch_size
         noise = randn_tensor(
@@ -271,6 +290,7 @@ class MetricGoldPipeline(DiffusionPipeline):
             "device": str(device),
             "dtype": str(self.unet.dtype).replace("torch.", ""),
         }
+        self.maybe_free_model_hooks()  # diffusers' convention: offloaded models go back to the CPU
         return MetricGoldDepthOutput(depth=depth, uncertainty=uncertainty, settings=settings)
 
 
@@ -284,7 +304,7 @@ def ensemble_log_depth(
     (``mean``) or 1.4826 x their median absolute deviation from the result (``median``).
     """
     if reduction not in ENSEMBLE_REDUCTIONS:
-        raise ValueError(f"ensemble_reduction must be one of {ENSEMBLE_REDUCTIONS}, got {reduction!r}")
+        raise InvalidParams(f"ensemble_reduction must be one of {ENSEMBLE_REDUCTIONS}, got {reduction!r}")
     log_members = np.log(depth_members)
     log_depth = np.median(log_members, axis=0) if reduction == "median" else log_members.mean(axis=0)
     if not with_uncertainty:

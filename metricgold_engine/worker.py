@@ -2,7 +2,7 @@
 
     python -m metricgold_engine.worker [--model PATH] [--device auto|cpu|cuda|mps] [--dtype auto|float32|...]
 
-Blender (through ``metricgold_engine.client``) and anything else that can spawn a process drives it; the protocol
+Blender (through ``metricgold_engine.core.client``) and anything else that can spawn a process drives it; the protocol
 is described in ``docs/protocol.md``. Two threads: the main thread reads requests, so that ``hello`` and ``cancel``
 are answered while a prediction runs; one compute thread serves ``load_model`` and ``predict`` in arrival order.
 The model is loaded once and kept for every later request.
@@ -28,26 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from . import __version__, protocol
+from . import __version__
+from .core import protocol
+from .core.errors import (
+    CheckpointError,
+    MetricGoldError,
+    ModelNotLoaded,
+    OutputNotWritable,
+    PredictionCancelled,
+)
 
 log = logging.getLogger("metricgold.worker")
 
 #: Longest request line accepted (a request is a few hundred bytes; this only stops a runaway sender).
 MAX_LINE_BYTES = 1 << 20
-
-
-class Cancelled(Exception):
-    """Raised from the pipeline's step callback to stop a prediction at the next denoising step."""
-
-
-class RequestFailed(Exception):
-    """Answer the current request with JSON-RPC error ``code`` and ``message``."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
 
 
 @dataclass
@@ -220,13 +214,13 @@ class WorkerServer:
             request = job.request
             try:
                 if job.cancel.is_set():
-                    raise Cancelled()
+                    raise PredictionCancelled("cancelled")
                 reply = protocol.result(request.id, handlers[request.method](job))
-            except Cancelled:
+            except PredictionCancelled:
                 reply = protocol.error(request.id, protocol.CANCELLED, f"{request.method} request {request.id!r} was cancelled", {
                     "step": job.step, "cancel_requested_at_step": job.cancel_requested_at_step,
                 })
-            except RequestFailed as exc:
+            except MetricGoldError as exc:
                 reply = protocol.error(request.id, exc.code, exc.message, exc.data)
             except Exception as exc:  # out of memory, a bug, a broken file: answer, log, keep serving
                 log.error("%s %r failed:\n%s", request.method, request.id, traceback.format_exc())
@@ -248,13 +242,13 @@ class WorkerServer:
             device = str(self.pipe.device)
             dtype = str(self.pipe.unet.dtype).replace("torch.", "")
         else:
-            from .model import pick_device
+            from .devices import pick_device
 
             try:
                 device = str(pick_device(self.default_device))
             except ValueError:
                 device = self.default_device
-        from .model import DEMO_MODEL_PATH
+        from .core.demo_model import is_demo_model
 
         return {
             "protocol_version": protocol.PROTOCOL_VERSION,
@@ -267,13 +261,15 @@ class WorkerServer:
             "model_loaded": self.pipe is not None,
             "model_path": None if self.model_key is None else self.model_key[0],
             # The built-in demo model is small and trained only on synthetic scenes: clients should say so.
-            "demo_model": self.model_key is not None and Path(self.model_key[0]) == DEMO_MODEL_PATH.resolve(),
+            "demo_model": self.model_key is not None and is_demo_model(self.model_key[0]),
         }
 
     def load(self, path: str | None, device: str, dtype: str) -> None:
         """Load a checkpoint (None: the built-in demo model), kept for every later request; the old model stays if
         the new one fails."""
-        from .model import CheckpointError, load_pipeline, resolve_model_path
+        from .core.errors import CheckpointError
+        from .checkpoint import load_pipeline
+        from .core.demo_model import resolve_model_path
 
         try:
             key = (str(resolve_model_path(path).expanduser().resolve()), device, dtype)
@@ -282,7 +278,7 @@ class WorkerServer:
             pipe: Any = load_pipeline(key[0], device=device, dtype=dtype)  # diffusers is untyped
         except (CheckpointError, ValueError, OSError) as exc:
             what = "the built-in demo model" if path is None else f"the model {path}"
-            raise RequestFailed(protocol.MODEL_LOAD_FAILED, f"cannot load {what}: {_message(exc)}") from None
+            raise CheckpointError(f"cannot load {what}: {_message(exc)}") from None
         pipe.set_progress_bar_config(disable=True)
         old, self.pipe, self.model_key = self.pipe, pipe, key
         if old is not None:
@@ -293,50 +289,46 @@ class WorkerServer:
 
     def _load_model(self, job: _Job) -> dict[str, Any]:
         params = job.request.params
-        self._progress(job, "load_model", 0, 1)
+        self._progress(job, protocol.STAGE_LOAD_MODEL, 0, 1)
         self.load(params["path"], params["device"], params["dtype"])
-        self._progress(job, "load_model", 1, 1)
+        self._progress(job, protocol.STAGE_LOAD_MODEL, 1, 1)
         return self.info()
 
     def _predict(self, job: _Job) -> dict[str, Any]:
         import numpy as np
 
-        from .depth_io import write_depth_npy
-        from .image_io import ImageLoadError, load_rgb_image
+        from .core.depth_io import write_depth_npy
+        from .image_io import load_rgb_image
 
         started = time.perf_counter()
         params = job.request.params
         if self.pipe is None:
             # Like the command line without --model: the engine's built-in demo model, when it is installed.
-            from .model import DEMO_MODEL_PATH
+            from .core.demo_model import DEMO_MODEL_PATH, demo_model_available
 
-            if not (DEMO_MODEL_PATH / "model_index.json").is_file():
-                raise RequestFailed(
-                    protocol.MODEL_NOT_LOADED,
+            if not demo_model_available():
+                raise ModelNotLoaded(
                     f"no model loaded, and the built-in demo model is not installed ({DEMO_MODEL_PATH}): send "
                     "load_model with a checkpoint folder first (or start the worker with --model PATH)",
                 )
-            self._progress(job, "load_model", 0, 1)
+            self._progress(job, protocol.STAGE_LOAD_MODEL, 0, 1)
             self.load(None, self.default_device, self.default_dtype)
-            self._progress(job, "load_model", 1, 1)
+            self._progress(job, protocol.STAGE_LOAD_MODEL, 1, 1)
         # 1. Check the inputs before any compute, so a typo costs milliseconds, not a whole prediction
         # Paths are taken relative to the worker's working folder; results always name absolute paths.
         image_path = Path(params["image"]).expanduser().absolute()
         output_dir = Path(params["output_dir"]).expanduser().absolute()
-        self._progress(job, "load_image", 0, 1)
-        try:
-            image = load_rgb_image(image_path)
-        except ImageLoadError as exc:
-            raise RequestFailed(protocol.BAD_IMAGE, str(exc)) from None
-        self._progress(job, "load_image", 1, 1)
+        self._progress(job, protocol.STAGE_LOAD_IMAGE, 0, 1)
+        image = load_rgb_image(image_path)  # ImageLoadError (bad image) names the file
+        self._progress(job, protocol.STAGE_LOAD_IMAGE, 1, 1)
         _check_writable(output_dir)
 
         # 2. Denoise; the step callback reports progress and is where a cancel takes effect
         def step_callback(step: int, total: int) -> None:
             job.step = step
-            self._progress(job, "denoise", step, total)
+            self._progress(job, protocol.STAGE_DENOISE, step, total)
             if job.cancel.is_set():
-                raise Cancelled()
+                raise PredictionCancelled("cancelled")
 
         out = self.pipe(
             image,
@@ -349,10 +341,10 @@ class WorkerServer:
             step_callback=step_callback,
         )
         if job.cancel.is_set():
-            raise Cancelled()  # cancelled after the last step: write nothing
+            raise PredictionCancelled("cancelled")  # cancelled after the last step: write nothing
 
         # 3. Write atomically: a reader never sees a half-written file
-        self._progress(job, "save", 0, 1)
+        self._progress(job, protocol.STAGE_SAVE, 0, 1)
         stem = image_path.stem
         try:
             depth_path = write_depth_npy(output_dir / f"{stem}_depth.npy", out.depth)
@@ -360,8 +352,8 @@ class WorkerServer:
             if out.uncertainty is not None:
                 uncertainty_path = write_depth_npy(output_dir / f"{stem}_uncertainty.npy", out.uncertainty)
         except OSError as exc:
-            raise RequestFailed(protocol.OUTPUT_NOT_WRITABLE, f"output_dir {output_dir}: cannot write: {_message(exc)}") from None
-        self._progress(job, "save", 1, 1)
+            raise OutputNotWritable(f"output_dir {output_dir}: cannot write: {_message(exc)}") from None
+        self._progress(job, protocol.STAGE_SAVE, 1, 1)
 
         finite = out.depth[np.isfinite(out.depth)]
         return {
@@ -382,8 +374,8 @@ def _check_writable(folder: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise RequestFailed(
-            protocol.OUTPUT_NOT_WRITABLE, f"output_dir {folder}: cannot create it or write to it ({exc.strerror or exc})"
+        raise OutputNotWritable(
+            f"output_dir {folder}: cannot create it or write to it ({exc.strerror or exc})"
         ) from None
 
 
@@ -431,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         try:
             server.load(args.model, args.device, args.dtype)
-        except RequestFailed as exc:
+        except CheckpointError as exc:
             log.error("%s", exc.message)
             return 2
     log.info("ready (pid %d, protocol %d)", os.getpid(), protocol.PROTOCOL_VERSION)

@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from metricgold_engine import cli  # noqa: E402
-from metricgold_engine.depth_io import atomic_write, read_depth  # noqa: E402
+from metricgold_engine.core.depth_io import atomic_write, read_depth  # noqa: E402
 from metricgold_engine.metrics import compute_depth_metrics  # noqa: E402
-from metricgold_engine.model import DEMO_MODEL_PATH, make_tiny_checkpoint  # noqa: E402
+from metricgold_engine.core.demo_model import DEMO_MODEL_PATH  # noqa: E402
+from metricgold_engine.tiny_models import make_tiny_checkpoint  # noqa: E402
 
 BANNER = "=" * 78
 

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metricgold_engine.depth_io import atomic_write  # noqa: E402
+from metricgold_engine.core.depth_io import atomic_write  # noqa: E402
 from metricgold_engine.metrics import format_metrics_markdown  # noqa: E402
 from trainer.data import FolderReader  # noqa: E402
 from trainer.data.evalsets import open_eval_set  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> int:
     parser.add_argument("--max-depth", type=float, default=80.0)
     args = parser.parse_args()
 
-    from metricgold_engine.model import load_pipeline
+    from metricgold_engine.checkpoint import load_pipeline
 
     data = Path(args.data)
     eval_set = open_eval_set("folder", data, split_file=data / "val.txt", max_depth=args.max_depth)

@@ -92,7 +92,7 @@ def geometry_kwargs(args: argparse.Namespace) -> dict:
 
 def render_preview(bpy, scene, out: Path) -> None:
     """A small Cycles render through the scene camera, with a sun; written atomically."""
-    from metricgold_engine.depth_io import atomic_write
+    from metricgold_engine.core.depth_io import atomic_write
 
     if scene.camera is None:
         raise ScriptError("nothing to render: no camera was created")

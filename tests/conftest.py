@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to a tiny, randomly initialised MetricGold checkpoint (float32, CPU-friendly, seed 0)."""
-    from metricgold_engine.model import make_tiny_checkpoint
+    from metricgold_engine.tiny_models import make_tiny_checkpoint
 
     path = tmp_path_factory.mktemp("models") / "tiny-metricgold"
     make_tiny_checkpoint(path, seed=0, default_processing_resolution=64, default_num_inference_steps=4,
@@ -31,7 +31,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_checkpoint: Path):
     """The tiny checkpoint loaded on the CPU, progress bars off."""
-    from metricgold_engine.model import load_pipeline
+    from metricgold_engine.checkpoint import load_pipeline
 
     pipe = load_pipeline(tiny_checkpoint, device="cpu", dtype="float32")
     pipe.set_progress_bar_config(disable=True)

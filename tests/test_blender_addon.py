@@ -24,7 +24,7 @@ from bpy_extras.object_utils import world_to_camera_view  # noqa: E402
 from mathutils import Vector  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from metricgold_engine import depth_io  # noqa: E402
+from metricgold_engine.core import depth_io  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,9 +39,10 @@ def test_zip_layout_exact(zip_path):
         names = sorted(zf.namelist())
         assert zf.testzip() is None
     addon = sorted(p.name for p in (REPO_ROOT / "metricgold_blender").glob("*.py"))
-    vendored = ["_vendor/__init__.py"] + [
-        f"_vendor/metricgold_engine/{n}" for n in ("__init__.py", "client.py", "depth_io.py", "geometry.py",
-                                                   "protocol.py")]
+    core = sorted(p.name for p in (REPO_ROOT / "metricgold_engine" / "core").glob("*.py"))
+    assert {"__init__.py", "client.py", "depth_io.py", "geometry.py", "protocol.py", "errors.py"} <= set(core)
+    vendored = ["_vendor/__init__.py", "_vendor/metricgold_engine/__init__.py"] + [
+        f"_vendor/metricgold_engine/core/{n}" for n in core]
     assert names == sorted(["blender_manifest.toml", *addon, *vendored])  # nothing else (no torch modules)
 
 
@@ -57,19 +58,23 @@ def test_no_half_written_zip_on_failure(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_vendoring_rewrites_and_refuses():
-    src = "from metricgold_engine.protocol import x\nfrom metricgold_engine import geometry\n"
-    assert build.vendor_source("m.py", src) == "from .protocol import x\nfrom . import geometry\n"
+def test_vendoring_refuses_imports_from_outside_core():
+    available = {"protocol", "geometry", "client"}
     with pytest.raises(build.BuildError, match="cannot be vendored"):
-        build.vendor_source("m.py", "import metricgold_engine.client\n")
+        build.check_vendored_imports("m.py", "import metricgold_engine.core.client\n", available)
+    with pytest.raises(build.BuildError, match="cannot be vendored"):
+        build.check_vendored_imports("m.py", "from metricgold_engine.core import geometry\n", available)
+    with pytest.raises(build.BuildError, match="outside metricgold_engine.core"):
+        build.check_vendored_imports("m.py", "def f():\n    from ..pipeline import MetricGoldPipeline\n", available)
     with pytest.raises(build.BuildError, match="imports torch at module level"):
         build.check_imports("m.py", "import numpy\nimport torch\n")
     with pytest.raises(build.BuildError, match="imports PIL.Image at module level"):
         build.check_imports("m.py", "try:\n    import PIL.Image\nexcept ImportError:\n    pass\n")
     build.check_imports("m.py", "def f():\n    import torch\n")  # lazy imports are fine
-    build.check_vendored_imports("client.py", "from . import protocol\nfrom .geometry import Intrinsics\n")
-    with pytest.raises(build.BuildError, match=r"client\.py imports \.pipeline, which is not vendored"):
-        build.check_vendored_imports("client.py", "def f():\n    from .pipeline import MetricGoldPipeline\n")
+    build.check_vendored_imports("client.py", "from . import protocol\nfrom .geometry import Intrinsics\n", available)
+    with pytest.raises(build.BuildError, match=r"client\.py imports \.pipeline, which is not a module of"):
+        build.check_vendored_imports("client.py", "def f():\n    from .pipeline import MetricGoldPipeline\n",
+                                     available)
 
 
 def test_blender_extension_validate(zip_path):
@@ -89,7 +94,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"blocked {name}")
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, sys.argv[1])
-from metricgold._vendor.metricgold_engine import client, geometry, depth_io, protocol
+from metricgold._vendor.metricgold_engine.core import client, geometry, depth_io, protocol, errors
 import numpy as np
 k = geometry.Intrinsics.from_fov(4, 3, 60.0)
 assert geometry.build_grid_mesh(np.ones((3, 4)), k).faces.shape == (6, 4)

@@ -17,7 +17,7 @@ from PIL import Image
 
 pytest.importorskip("bpy")
 
-from metricgold_engine import depth_io  # noqa: E402
+from metricgold_engine.core import depth_io  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "image_to_mesh.py"

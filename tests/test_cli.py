@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from metricgold_engine.cli import main
-from metricgold_engine.depth_io import read_depth
+from metricgold_engine.core.depth_io import read_depth
 
 
 @pytest.fixture()

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metricgold_engine import protocol as P
-from metricgold_engine.model import DEMO_MODEL_PATH
-from metricgold_engine.client import (
+from metricgold_engine.core import protocol as P
+from metricgold_engine.core.demo_model import DEMO_MODEL_PATH
+from metricgold_engine.core.client import (
     ClientClosed,
+    MetricGoldError,
     PredictionCancelled,
     Progress,
-    RequestError,
     WorkerClient,
     WorkerDied,
     WorkerStartError,
@@ -75,8 +75,8 @@ def test_client_imports_without_torch():
         "import sys\n"
         "for name in ('torch', 'diffusers', 'transformers'):\n"
         "    sys.modules[name] = None  # any import of them now raises ImportError\n"
-        "import metricgold_engine.client, metricgold_engine.protocol\n"
-        "from metricgold_engine.client import WorkerClient, PredictionResult\n"
+        "import metricgold_engine.core.client, metricgold_engine.core.protocol\n"
+        "from metricgold_engine.core.client import WorkerClient, PredictionResult\n"
         "print('ok')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
@@ -110,18 +110,18 @@ def test_progress_reaches_the_callback_in_order(client, image, tmp_path):
 
 def test_bad_requests_raise_specific_errors_and_the_worker_goes_on(client, image, tmp_path):
     pid = client.pid
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(MetricGoldError) as info:
         client.predict(tmp_path / "missing.jpg", tmp_path)
     assert info.value.code == P.BAD_IMAGE and "missing.jpg" in str(info.value)
     (tmp_path / "blocker").write_text("")
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(MetricGoldError) as info:
         client.predict(image, tmp_path / "blocker" / "out")
     assert info.value.code == P.OUTPUT_NOT_WRITABLE and "blocker" in str(info.value)
     with pytest.raises(TypeError, match="unknown parameter 'steps'"):
         client.predict(image, tmp_path, steps=4)
     with pytest.raises(TypeError, match="'ensemble_size' must be an integer"):
         client.predict(image, tmp_path, ensemble_size="3")
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(MetricGoldError) as info:
         client.load_model(tmp_path / "no-model")
     assert info.value.code == P.MODEL_LOAD_FAILED
     assert client.hello()["model_loaded"] and client.pid == pid
@@ -245,7 +245,7 @@ def test_model_later_and_close_from_another_thread(tiny_checkpoint, image, tmp_p
         result = c.predict(image, tmp_path, num_inference_steps=1, ensemble_size=1)
         assert result.shape == (40, 56) and Path(c.hello()["model_path"]) == DEMO_MODEL_PATH.resolve()
     else:
-        with pytest.raises(RequestError) as info:
+        with pytest.raises(MetricGoldError) as info:
             c.predict(image, tmp_path)
         assert info.value.code == P.MODEL_NOT_LOADED and "load_model" in str(info.value)
         assert str(DEMO_MODEL_PATH) in str(info.value)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from metricgold_engine.cli import main
-from metricgold_engine.depth_io import read_depth
+from metricgold_engine.core.depth_io import read_depth
 from metricgold_engine.metrics import compute_depth_metrics
-from metricgold_engine.model import DEMO_MODEL_NOTE, DEMO_MODEL_PATH, load_pipeline
+from metricgold_engine.core.demo_model import DEMO_MODEL_NOTE, DEMO_MODEL_PATH
+from metricgold_engine.checkpoint import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "assets" / "demo_room.png"

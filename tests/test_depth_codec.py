@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metricgold_engine.depth_codec import (
+from metricgold_engine.core.depth_codec import (
     check_depth_range,
     denormalize_depth,
     log_normalize_depth,

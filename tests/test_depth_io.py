@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metricgold_engine import depth_io
-from metricgold_engine.depth_io import (
+from metricgold_engine.core import depth_io
+from metricgold_engine.core.depth_io import (
     DepthFileError,
     atomic_write,
     colorize_depth,
@@ -254,7 +254,7 @@ def test_module_is_torch_free():
     import sys
 
     code = (
-        "import sys, metricgold_engine.depth_io; "
+        "import sys, metricgold_engine.core.depth_io; "
         "assert 'torch' not in sys.modules and 'OpenEXR' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

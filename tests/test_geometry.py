@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metricgold_engine.geometry import (
+from metricgold_engine.core.geometry import (
     DEFAULT_HORIZONTAL_FOV_DEG,
     Intrinsics,
     build_grid_mesh,
@@ -247,7 +247,7 @@ def test_build_grid_mesh_edges_after_renumbering():
 
 @pytest.mark.parametrize("jump", [None, 0.0, 0.1, 1.0])
 def test_grid_face_keep_matches_face_mask(jump):
-    from metricgold_engine.geometry import _grid_face_keep
+    from metricgold_engine.core.geometry import _grid_face_keep
 
     rng = np.random.default_rng(3)
     d = rng.uniform(1.0, 1.3, size=(7, 9))

@@ -8,14 +8,10 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from metricgold_engine.model import (
-    CheckpointError,
-    init_from_stable_diffusion,
-    load_pipeline,
-    make_tiny_stable_diffusion,
-    save_checkpoint,
-    widen_conv_in,
-)
+from metricgold_engine.core.errors import CheckpointError
+from metricgold_engine.checkpoint import init_from_stable_diffusion, load_pipeline, save_checkpoint
+from metricgold_engine.tiny_models import make_tiny_stable_diffusion
+from metricgold_engine.components import widen_conv_in
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +164,24 @@ def test_save_checkpoint_is_atomic(tiny_checkpoint, tmp_path, monkeypatch):
     assert after == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp folder left behind
     load_pipeline(target, device="cpu")
+
+
+def test_checkpoint_saved_by_0_1_loads(tmp_path, tiny_checkpoint):
+    """Checkpoints written before model.py was split name metricgold_engine.model for the text embedding."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_checkpoint, legacy)
+    index = json.loads((legacy / "model_index.json").read_text())
+    assert index["text_embedding"] == ["metricgold_engine.components", "EmptyTextEmbedding"]
+    index["text_embedding"] = ["metricgold_engine.model", "EmptyTextEmbedding"]
+    (legacy / "model_index.json").write_text(json.dumps(index))
+    # A fresh process: nothing has imported metricgold_engine.components yet.
+    code = ("import sys; from metricgold_engine import load_pipeline; p = load_pipeline(sys.argv[1], device='cpu'); "
+            "print(type(p.text_embedding).__module__)")
+    out = subprocess.run([sys.executable, "-c", code, str(legacy)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "metricgold_engine.components"

@@ -8,8 +8,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from metricgold_engine.depth_codec import denormalize_depth
-from metricgold_engine.model import init_from_stable_diffusion, make_tiny_stable_diffusion
+from metricgold_engine.core.depth_codec import denormalize_depth
+from metricgold_engine.checkpoint import init_from_stable_diffusion
+from metricgold_engine.tiny_models import make_tiny_stable_diffusion
 from metricgold_engine.pipeline import MAD_TO_STD, ensemble_log_depth
 
 
@@ -156,7 +157,7 @@ def test_bad_arguments(tiny_pipeline, kwargs, message):
 
 
 def test_bfloat16_path_runs_on_cpu(tiny_checkpoint, tiny_pipeline):
-    from metricgold_engine.model import load_pipeline
+    from metricgold_engine.checkpoint import load_pipeline
 
     pipe = load_pipeline(tiny_checkpoint, device="cpu", dtype="bfloat16")
     pipe.set_progress_bar_config(disable=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from metricgold_engine import protocol as P
+from metricgold_engine.core import protocol as P
 
 
 def _line(obj: object) -> bytes:

@@ -197,7 +197,7 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture
 
 bpy = pytest.importorskip("bpy")
 
-from metricgold_engine.depth_io import read_depth  # noqa: E402
+from metricgold_engine.core.depth_io import read_depth  # noqa: E402
 from trainer.synth import blender_scene  # noqa: E402
 from trainer.synth.generate import generate, render_scene_to_files  # noqa: E402
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from metricgold_engine.depth_codec import normalize_depth
+from metricgold_engine.core.depth_codec import normalize_depth
 from trainer.config import ConfigError, TrainConfig, dump_config, load_config
 from trainer.train import (
     Trainer,
@@ -163,7 +163,7 @@ def _eval_loss(pipe, cfg, batch) -> float:
 
 
 def test_unet_stage_learns_and_checkpoint_predicts(data_root, tmp_path):
-    from metricgold_engine.model import load_pipeline
+    from metricgold_engine.checkpoint import load_pipeline
     from trainer.data import DatasetSpec, build_training_dataset
 
     cfg = tiny_config(data_root, tmp_path / "run", max_steps=24, gradient_accumulation_steps=1, batch_size=4,
@@ -231,7 +231,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
         train(cfg, "unet")
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000002"]
     assert not (tmp_path / "run" / "final").exists()
-    from metricgold_engine.model import load_pipeline
+    from metricgold_engine.checkpoint import load_pipeline
 
     load_pipeline(tmp_path / "run" / "checkpoints" / "step-000002" / "model", device="cpu")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metricgold_engine import protocol as P
+from metricgold_engine.core import protocol as P
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -377,7 +377,7 @@ def test_predict_without_a_model_loads_the_built_in_demo_model(tiny_checkpoint, 
     """In-process WorkerServer (no subprocess): the tiny checkpoint stands in for the built-in demo model."""
     import io
 
-    from metricgold_engine import model as model_module
+    from metricgold_engine.core import demo_model as model_module
     from metricgold_engine.worker import WorkerServer
 
     monkeypatch.setattr(model_module, "DEMO_MODEL_PATH", tiny_checkpoint)

@@ -113,7 +113,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Cross-field checks, with messages that name the field."""
-        from metricgold_engine.depth_codec import check_depth_range
+        from metricgold_engine.core.depth_codec import check_depth_range
 
         try:
             check_depth_range(self.model.depth_min, self.model.depth_max, self.model.depth_normalization)

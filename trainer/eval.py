@@ -171,7 +171,7 @@ def results_markdown(result: dict[str, Any]) -> str:
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``metrics.md`` into ``out_dir`` (created), each atomically."""
-    from metricgold_engine.depth_io import atomic_write
+    from metricgold_engine.core.depth_io import atomic_write
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_depth=args.min_depth,
             max_depth=args.max_depth,
         )
-        from metricgold_engine.model import load_pipeline
+        from metricgold_engine.checkpoint import load_pipeline
 
         pipe: Any = load_pipeline(args.model, device=args.device, dtype=args.dtype)
         pipe.set_progress_bar_config(disable=True)  # one bar over images, not one per image

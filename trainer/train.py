@@ -32,14 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metricgold_engine.depth_codec import denormalize_depth, normalize_depth
-from metricgold_engine.model import (
-    CheckpointError,
-    init_from_stable_diffusion,
-    load_pipeline,
-    make_tiny_stable_diffusion,
-    save_checkpoint,
-)
+from metricgold_engine.core.depth_codec import denormalize_depth, normalize_depth
+from metricgold_engine.core.errors import CheckpointError
+from metricgold_engine.checkpoint import init_from_stable_diffusion, load_pipeline, save_checkpoint
+from metricgold_engine.tiny_models import make_tiny_stable_diffusion
 from metricgold_engine.pipeline import MetricGoldPipeline
 
 from .config import ConfigError, TrainConfig
@@ -534,7 +530,7 @@ class Trainer:
         acc = self.accelerator
         if not (acc.is_main_process and acc.log_with) or self.image_target:
             return
-        from metricgold_engine.depth_io import colorize_depth
+        from metricgold_engine.core.depth_io import colorize_depth
 
         item = self.dataset[0]
         depth = item["depth"][0].numpy()

@@ -6,7 +6,7 @@
     ROOT/train.txt, val.txt, test.txt  optional: one NAME a line; without them every NAME is in every split
 
 NAME may contain sub-folders (``rgb/kitchen/0001.png`` is NAME ``kitchen/0001``). Depth files are read with
-:func:`metricgold_engine.depth_io.read_depth`; 0, negative, NaN and inf are invalid.
+:func:`metricgold_engine.core.depth_io.read_depth`; 0, negative, NaN and inf are invalid.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from metricgold_engine.depth_io import DepthFileError, read_depth
+from metricgold_engine.core.depth_io import DepthFileError, read_depth
 from trainer.data.common import DataError, DepthReader, Sample, make_sample, read_rgb
 
 RGB_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from metricgold_engine.geometry import Intrinsics
+from metricgold_engine.core.geometry import Intrinsics
 
 __all__ = [
     "blender_camera_intrinsics",

@@ -9,7 +9,7 @@ high-quality denoising, written as
 
 The depth is stored as float16 to keep the three files under 1 MB together (float32 at 640x480 alone is 1.2 MB and
 does not compress): the room's depths lie in [0.5, 4) m, where float16 keeps every value within 1 mm of the render.
-``metricgold_engine.depth_io.read_depth`` (and ``np.load(...).astype(np.float32)``) read it as float32.
+``metricgold_engine.core.depth_io.read_depth`` (and ``np.load(...).astype(np.float32)``) read it as float32.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from metricgold_engine.depth_io import atomic_write
+from metricgold_engine.core.depth_io import atomic_write
 
 DEMO_SEED = 2026
 DEMO_FRAME = 3

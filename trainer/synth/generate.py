@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metricgold_engine.depth_io import atomic_write, write_depth_exr, write_depth_npy
-from metricgold_engine.geometry import Intrinsics
+from metricgold_engine.core.depth_io import atomic_write, write_depth_exr, write_depth_npy
+from metricgold_engine.core.geometry import Intrinsics
 
 from .camera import blender_camera_intrinsics
 from .output import (

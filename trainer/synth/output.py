@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from metricgold_engine.depth_io import atomic_write
+from metricgold_engine.core.depth_io import atomic_write
 
 __all__ = [
     "DEPTH_FORMATS",

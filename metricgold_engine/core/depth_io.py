@@ -1,8 +1,8 @@
 """Depth files: ``.npy`` (float32 metres), OpenEXR (channel ``Y``, float32 metres), 16-bit PNG (millimetres) and
 colour-mapped previews.
 
-Ground floor: numpy and Pillow only; OpenEXR is imported inside the EXR functions, so Blender's Python (which may
-not have it) can import this module and use the other formats.
+Ground floor: numpy at import; Pillow (PNG) and OpenEXR (EXR) are imported inside the functions that need them, so
+Blender's Python (which has neither) imports this module and reads and writes ``.npy``.
 
 Conventions shared by every reader and writer:
 
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import DepthFileError
 
 __all__ = [
     "DepthFileError",
@@ -50,10 +52,6 @@ _SPECTRAL_HEX = (
     "9e0142", "d53e4f", "f46d43", "fdae61", "fee08b", "ffffbf", "e6f598", "abdda4", "66c2a5", "3288bd", "5e4fa2",
 )
 SPECTRAL_RGB = np.array([[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _SPECTRAL_HEX], dtype=np.float64)
-
-
-class DepthFileError(ValueError):
-    """A depth file that is missing, unreadable or not a depth map; the message names the file and the problem."""
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Blender's Python has no torch, and neither a crash nor a 10 GB model may take Bl
 worker process (``python -m metricgold_engine.worker``, started from an environment that has MetricGold installed)
 and this client hides the process boundary behind ordinary method calls::
 
-    from metricgold_engine.client import WorkerClient
+    from metricgold_engine import WorkerClient
 
     with WorkerClient("/path/to/venv/bin/python", model="/path/to/checkpoint") as worker:
         result = worker.predict("photo.jpg", "out/", num_inference_steps=10, ensemble_size=3, seed=0)
@@ -18,34 +18,40 @@ Nothing here (nor in anything it imports) imports torch. The protocol is describ
 
 from __future__ import annotations
 
-import collections
-import functools
 import itertools
 import logging
 import os
 import queue
-import signal
-import subprocess
 import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
 from . import protocol
+from .errors import (
+    ClientClosed,
+    MetricGoldError,
+    PredictionCancelled,
+    WorkerDied,
+    WorkerError,
+    WorkerStartError,
+    WorkerTimeout,
+    error_from_reply,
+)
+from .results import PredictionResult, Progress
+from .worker_process import EOF, WorkerConnection
 
+# The error family is defined once in errors.py; these names are re-exported because callers of the client catch them.
 __all__ = [
     "WorkerClient",
     "PredictionResult",
     "Progress",
+    "MetricGoldError",
     "WorkerError",
     "WorkerStartError",
     "WorkerDied",
     "WorkerTimeout",
-    "RequestError",
     "PredictionCancelled",
     "ClientClosed",
 ]
@@ -58,273 +64,11 @@ DEFAULT_START_TIMEOUT = 180.0
 DEFAULT_CLOSE_TIMEOUT = 10.0
 #: How long a timed-out prediction may take to acknowledge its cancellation before the worker is killed.
 CANCEL_GRACE = 10.0
-#: Lines of the worker's stderr kept for error messages.
-STDERR_TAIL_LINES = 60
-
 _POLL = 0.05  # seconds between checks of cancel events and deadlines while waiting for the worker
 
 
-# --- errors -------------------------------------------------------------------------------------------------------
-class WorkerError(RuntimeError):
-    """Base class of everything this module raises about the worker."""
-
-
-class WorkerStartError(WorkerError):
-    """The worker could not be started: no such Python, MetricGold not installed there, protocol mismatch."""
-
-
-class WorkerDied(WorkerError):
-    """The worker process ended while a request was outstanding (killed, out of memory, crashed in native code).
-    The next call on the same client starts a fresh worker."""
-
-    def __init__(self, message: str, returncode: int | None = None, stderr_tail: str = "") -> None:
-        super().__init__(message)
-        self.returncode = returncode
-        self.stderr_tail = stderr_tail
-
-
-class WorkerTimeout(WorkerError, TimeoutError):
-    """A request did not finish within its ``timeout``; it was cancelled (or, if the worker hung, the worker killed)."""
-
-
-class ClientClosed(WorkerError):
-    """The client was closed (possibly from another thread) before or during the call."""
-
-
-class RequestError(WorkerError):
-    """The worker answered the request with a JSON-RPC error; ``code`` is one of ``protocol``'s error codes."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-class PredictionCancelled(RequestError):
-    """The prediction was cancelled (``cancel()``, the ``cancel`` event, or ``close()``)."""
-
-
-# --- results ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Progress:
-    """One `progress` notification: ``stage`` is "load_image", "denoise" or "save"; ``step`` of ``total``."""
-
-    stage: str
-    step: int
-    total: int
-
-
-@dataclass(frozen=True)
-class PredictionResult:
-    """What the worker wrote. The arrays are read from disk on first access."""
-
-    depth_path: str
-    uncertainty_path: str | None
-    shape: tuple[int, int]
-    depth_min: float | None
-    depth_max: float | None
-    settings: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @functools.cached_property
-    def depth(self) -> np.ndarray:
-        """Depth in metres, float32, H x W."""
-        return _load_npy(self.depth_path, self.shape)
-
-    @functools.cached_property
-    def uncertainty(self) -> np.ndarray | None:
-        """Ensemble uncertainty in metres, float32, H x W; None when it was not asked for."""
-        return None if self.uncertainty_path is None else _load_npy(self.uncertainty_path, self.shape)
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> PredictionResult:
-        try:
-            height, width = value["shape"]
-            return cls(
-                depth_path=str(value["depth_path"]),
-                uncertainty_path=None if value.get("uncertainty_path") is None else str(value["uncertainty_path"]),
-                shape=(int(height), int(width)),
-                depth_min=None if value.get("depth_min") is None else float(value["depth_min"]),
-                depth_max=None if value.get("depth_max") is None else float(value["depth_max"]),
-                settings=dict(value.get("settings") or {}),
-                seconds=float(value.get("seconds", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WorkerError(f"malformed predict result from the worker ({exc!r}): {value!r}") from None
-
-
-def _load_npy(path: str, shape: tuple[int, int]) -> np.ndarray:
-    array = np.load(path, allow_pickle=False)  # never unpickle: the file could have been replaced
-    if array.shape != shape:
-        raise WorkerError(f"{path}: expected an array of shape {list(shape)}, found {list(array.shape)}")
-    return array.astype(np.float32, copy=False)
-
-
-# --- one worker process ---------------------------------------------------------------------------------------------
-_EOF = "eof"
-_MESSAGE = "message"
-
-
-def _kill_process(proc: subprocess.Popen[bytes]) -> None:
-    # Used by weakref.finalize: a client dropped without close() still leaves no orphan or zombie.
-    if proc.poll() is None:
-        proc.kill()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-class _Connection:
-    """A running worker process, its pipes and reader threads. Replaced as a whole when the process dies, so
-    replies of a dead worker can never be confused with a fresh one's."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        kwargs: dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            # Its own session: Ctrl-C in a terminal reaches the caller, which then closes the worker cleanly.
-            kwargs["start_new_session"] = True
-        self.argv = argv
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0, **kwargs
-        )
-        self.pid = self.proc.pid
-        self._finalizer = weakref.finalize(self, _kill_process, self.proc)
-        self._write_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._pending: dict[int | str, queue.Queue[tuple[str, Any]]] = {}
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self.dead = False
-        self._stdout_thread = threading.Thread(target=self._read_stdout, name=f"metricgold-worker-{self.pid}-stdout", daemon=True)
-        self._stderr_thread = threading.Thread(target=self._read_stderr, name=f"metricgold-worker-{self.pid}-stderr", daemon=True)
-        self._stderr_thread.start()
-        self._stdout_thread.start()
-
-    # reader threads
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                message = protocol.parse_response(line)
-            except protocol.ProtocolError as exc:
-                # The worker keeps stdout for protocol lines only; anything else is a bug worth seeing.
-                log.warning("ignoring a line from the worker that is not JSON-RPC: %s", exc)
-                continue
-            # Progress notifications name their request in params; replies carry its id.
-            key = (message.params or {}).get("request_id") if message.is_notification else message.id
-            with self._lock:
-                target = self._pending.get(key) if isinstance(key, (int, str)) else None
-            if target is not None:
-                target.put((_MESSAGE, message))
-            elif not message.is_notification:
-                log.debug("reply for an unknown request id %r: %s", message.id, message.error or message.result)
-        with self._lock:
-            self.dead = True
-            waiting = list(self._pending.values())
-        for target in waiting:
-            target.put((_EOF, None))
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            self._stderr_tail.append(line)
-            log.debug("worker %s: %s", self.pid, line)
-
-    def stderr_tail(self, wait: float = 0.0) -> str:
-        """The last lines the worker wrote to stderr (waiting up to ``wait`` s for the stream to end)."""
-        if wait:
-            self._stderr_thread.join(wait)
-        return "\n".join(self._stderr_tail)
-
-    # requests
-    def register(self, request_id: int | str) -> queue.Queue[tuple[str, Any]]:
-        inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
-        with self._lock:
-            self._pending[request_id] = inbox
-            if self.dead:
-                inbox.put((_EOF, None))
-        return inbox
-
-    def unregister(self, request_id: int | str) -> None:
-        with self._lock:
-            self._pending.pop(request_id, None)
-
-    def send(self, message: Mapping[str, Any]) -> bool:
-        """Write one line; False when the pipe is already broken (the reader thread reports the death)."""
-        data = protocol.encode(message)
-        with self._write_lock:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write(data)
-                self.proc.stdin.flush()
-                return True
-            except (BrokenPipeError, OSError, ValueError):
-                return False
-
-    def died_error(self, doing: str) -> WorkerDied:
-        returncode = self.reap(timeout=5.0)
-        tail = self.stderr_tail(wait=2.0)
-        if returncode is None:
-            how = "closed its output"
-        elif returncode < 0:
-            try:
-                name = signal.Signals(-returncode).name
-            except ValueError:
-                name = f"signal {-returncode}"
-            how = f"was killed by {name}"
-            if name == "SIGKILL":
-                how += " (by a user, or by the system when it ran out of memory)"
-        else:
-            how = f"exited with code {returncode}"
-        message = f"the MetricGold worker (pid {self.pid}) {how} while {doing}."
-        message += "\nLast lines of its stderr:\n" + tail if tail else "\nIt wrote nothing to stderr."
-        return WorkerDied(message, returncode=returncode, stderr_tail=tail)
-
-    # ending
-    def reap(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._close_pipes()
-
-    def shutdown(self, timeout: float) -> None:
-        """Ask the worker to exit (shutdown request, then end of input); kill it if it has not exited in time."""
-        if self.proc.poll() is None:
-            self.send(protocol.request(protocol.SHUTDOWN, None, "__close__"))
-            with self._write_lock:
-                try:
-                    assert self.proc.stdin is not None
-                    self.proc.stdin.close()
-                except (BrokenPipeError, OSError, ValueError):
-                    pass
-            if self.reap(timeout) is None:
-                log.warning("worker %s did not exit within %.1f s; killing it", self.pid, timeout)
-        self.kill()
-
-    def _close_pipes(self) -> None:
-        self._stdout_thread.join(5)
-        self._stderr_thread.join(5)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if stream is not None:
-                    stream.close()
-            except (BrokenPipeError, OSError, ValueError):
-                pass
-        self._finalizer.detach()
-
-
 # --- the client -----------------------------------------------------------------------------------------------------
-def _kill_boxed(box: list[_Connection | None]) -> None:
+def _kill_boxed(box: list[WorkerConnection | None]) -> None:
     conn, box[0] = box[0], None
     if conn is not None:
         conn.kill()
@@ -366,7 +110,7 @@ class WorkerClient:
         self._start_lock = threading.Lock()  # held while a worker starts (seconds)
         # The running connection sits in a box that a finalizer also holds: a client dropped without close() still
         # kills its worker (the connection itself is kept alive by its reader threads, so it cannot be the target).
-        self._box: list[_Connection | None] = [None]
+        self._box: list[WorkerConnection | None] = [None]
         self._finalizer = weakref.finalize(self, _kill_boxed, self._box)
         self._closed = False
         self._active: set[int] = set()  # predict request ids in flight, for cancel()
@@ -374,11 +118,11 @@ class WorkerClient:
         self._ensure_worker()
 
     @property
-    def _conn(self) -> _Connection | None:
+    def _conn(self) -> WorkerConnection | None:
         return self._box[0]
 
     @_conn.setter
-    def _conn(self, conn: _Connection | None) -> None:
+    def _conn(self, conn: WorkerConnection | None) -> None:
         self._box[0] = conn
 
     # context manager
@@ -414,7 +158,7 @@ class WorkerClient:
                 env[key] = str(value)
         return env
 
-    def _ensure_worker(self) -> _Connection:
+    def _ensure_worker(self) -> WorkerConnection:
         with self._state_lock:
             if self._closed:
                 raise ClientClosed("this WorkerClient is closed")
@@ -438,7 +182,7 @@ class WorkerClient:
                 self._conn = conn
             return conn
 
-    def _start(self) -> _Connection:
+    def _start(self) -> WorkerConnection:
         python = self.python_executable
         fix = (
             f"Set it to the python of an environment where MetricGold is installed, e.g. /path/to/venv/bin/python "
@@ -446,7 +190,7 @@ class WorkerClient:
         )
         argv = [python, "-m", "metricgold_engine.worker", "--device", self._device, "--dtype", self._dtype]
         try:
-            conn = _Connection(argv, self._worker_env())
+            conn = WorkerConnection(argv, self._worker_env())
         except FileNotFoundError:
             raise WorkerStartError(f"Python executable not found: {python!r}. {fix}") from None
         except PermissionError:
@@ -522,7 +266,7 @@ class WorkerClient:
     # calls
     def _call_on(
         self,
-        conn: _Connection,
+        conn: WorkerConnection,
         method: str,
         params: Mapping[str, Any],
         *,
@@ -571,7 +315,7 @@ class WorkerClient:
                 if item is None:
                     continue
                 kind, message = item
-                if kind == _EOF:
+                if kind == EOF:
                     if self._closed:
                         raise ClientClosed(f"the WorkerClient was closed while {doing}")
                     raise conn.died_error(doing)
@@ -584,11 +328,9 @@ class WorkerClient:
                 if message.error is None:
                     return message.result
                 code, text, data = message.error["code"], message.error["message"], message.error.get("data")
-                if code == protocol.CANCELLED:
-                    if timed_out:
-                        raise WorkerTimeout(f"{method} did not finish within {timeout} s and was cancelled")
-                    raise PredictionCancelled(code, text, data)
-                raise RequestError(code, text, data)
+                if code == protocol.CANCELLED and timed_out:
+                    raise WorkerTimeout(f"{method} did not finish within {timeout} s and was cancelled")
+                raise error_from_reply(code, text, data)
         finally:
             if not answered and not conn.dead and method in (protocol.PREDICT, protocol.LOAD_MODEL):
                 # Leaving without an answer (the progress callback raised, Ctrl-C): the worker must not go on.
@@ -598,7 +340,7 @@ class WorkerClient:
                 with self._state_lock:
                     self._active.discard(request_id)
 
-    def _send_cancel(self, conn: _Connection, request_id: int) -> bool:
+    def _send_cancel(self, conn: WorkerConnection, request_id: int) -> bool:
         # A notification (no id): the caller never waits for its answer, so cancel() cannot block the UI thread.
         conn.send(protocol.notification(protocol.CANCEL, {"request_id": request_id}))
         return True
@@ -645,8 +387,9 @@ class WorkerClient:
         ``<stem>_uncertainty.npy``). ``options`` are the pipeline's keywords: num_inference_steps, ensemble_size,
         processing_resolution, seed, timestep_spacing, output_uncertainty.
 
-        Raises PredictionCancelled (cancel() or ``cancel.is_set()``), WorkerTimeout, RequestError (bad image,
-        output folder not writable, no model loaded, ...) and WorkerDied (the next call starts a fresh worker).
+        Raises PredictionCancelled (cancel() or ``cancel.is_set()``), WorkerTimeout, the error family's class for
+        the worker's answer (ImageLoadError, OutputNotWritable, ModelNotLoaded, InvalidParams ...; all
+        MetricGoldError, with the JSON-RPC ``code``) and WorkerDied (the next call starts a fresh worker).
         """
         params = dict(options, image=_absolute(image), output_dir=_absolute(out_dir))
         try:

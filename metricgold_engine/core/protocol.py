@@ -17,32 +17,23 @@ PROTOCOL_VERSION = 1
 
 JSONRPC = "2.0"
 
-# --- error codes -------------------------------------------------------------------------------------------------
-# JSON-RPC 2.0's own codes.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-# MetricGold's codes, in the range the specification leaves to servers (-32000 to -32099).
-INTERNAL_ERROR = -32000  # an unexpected exception while serving a request; the worker keeps serving
-CANCELLED = -32001  # the request was cancelled (a `cancel` call, or the worker shutting down)
-MODEL_NOT_LOADED = -32002  # `predict` before any model was loaded
-BAD_IMAGE = -32003  # the image is missing, unreadable, not an image, truncated or empty
-OUTPUT_NOT_WRITABLE = -32004  # the output folder cannot be created or written to
-MODEL_LOAD_FAILED = -32005  # `load_model` could not load the checkpoint (missing folder, bad component, device)
-
-ERROR_NAMES = {
-    PARSE_ERROR: "parse error",
-    INVALID_REQUEST: "invalid request",
-    METHOD_NOT_FOUND: "method not found",
-    INVALID_PARAMS: "invalid params",
-    INTERNAL_ERROR: "internal error",
-    CANCELLED: "cancelled",
-    MODEL_NOT_LOADED: "model not loaded",
-    BAD_IMAGE: "bad image",
-    OUTPUT_NOT_WRITABLE: "output not writable",
-    MODEL_LOAD_FAILED: "model load failed",
-}
+# The error codes and the exception family live in errors.py; they are re-exported here because every message
+# builder and parser below speaks in them.
+from .errors import (  # noqa: E402,F401
+    BAD_IMAGE,
+    CANCELLED,
+    ERROR_NAMES,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    MODEL_LOAD_FAILED,
+    MODEL_NOT_LOADED,
+    OUTPUT_NOT_WRITABLE,
+    PARSE_ERROR,
+    MetricGoldError,
+)
+from .options import DEVICES, DTYPES, TIMESTEP_SPACINGS  # noqa: E402,F401
 
 # --- methods and their parameters ----------------------------------------------------------------------------------
 HELLO = "hello"
@@ -52,9 +43,12 @@ CANCEL = "cancel"
 SHUTDOWN = "shutdown"
 PROGRESS = "progress"  # notification, worker -> client
 
-DEVICES = ("auto", "cpu", "cuda", "mps")  # plus "cuda:N"
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # DDIMScheduler's choices
+# The stages a `progress` notification names, in the order a prediction goes through them.
+STAGE_LOAD_MODEL = "load_model"
+STAGE_LOAD_IMAGE = "load_image"
+STAGE_DENOISE = "denoise"
+STAGE_SAVE = "save"
+STAGES = (STAGE_LOAD_MODEL, STAGE_LOAD_IMAGE, STAGE_DENOISE, STAGE_SAVE)
 
 #: The pipeline's own keyword names that `predict` passes through (None = the checkpoint's default).
 PREDICT_OPTIONS = (
@@ -67,16 +61,13 @@ PREDICT_OPTIONS = (
 )
 
 
-class ProtocolError(ValueError):
+class ProtocolError(MetricGoldError, ValueError):
     """A message that breaks the protocol. ``code`` is the JSON-RPC error code to answer with; ``request_id`` the
     id to answer to (None when the id itself could not be read)."""
 
     def __init__(self, code: int, message: str, request_id: Any = None, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, data, code=code)
         self.request_id = request_id
-        self.data = data
         # A well-formed notification (no "id") with a bad method or params: JSON-RPC 2.0 forbids answering it.
         self.is_notification = False
 
