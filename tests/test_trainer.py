@@ -27,7 +27,7 @@ from trainer.train import (
     multires_noise,
     step_generator,
     train,
-    unet_loss,
+    v_prediction_loss,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def _eval_loss(pipe, cfg, batch) -> float:
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():
-        return float(np.mean([float(unet_loss(pipe, pipe.unet, scheduler, batch, step_generator(99, k, 0, 0), cfg)[0])
+        return float(np.mean([float(v_prediction_loss(pipe, pipe.unet, scheduler, batch, step_generator(99, k, 0, 0), cfg)[0])
                               for k in range(8)]))
 
 
@@ -326,7 +326,7 @@ def test_final_timesteps_train_a_one_step_model(data_root, tmp_path, monkeypatch
     batch = _collate([dataset[i] for i in range(4)])
     batch["valid"][:] = True  # the whole latent counts, so the hand computation below needs no mask
     with torch.no_grad():
-        loss, _ = unet_loss(pipe, pipe.unet, scheduler, batch, step_generator(3, 0, 0, 0), cfg)
+        loss, _ = v_prediction_loss(pipe, pipe.unet, scheduler, batch, step_generator(3, 0, 0, 0), cfg)
     assert len(seen) == 1 and seen[0].tolist() == [T - 1] * 4
 
     # the same noise, by hand: one trailing DDIM step from x_T gives x0_hat = sqrt(ab) x_T - sqrt(1 - ab) v_hat

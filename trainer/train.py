@@ -115,11 +115,11 @@ def latent_valid_mask(valid: torch.Tensor, factor: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ losses
 
 
-def unet_loss(
+def v_prediction_loss(
     pipe: MetricGoldPipeline, unet: torch.nn.Module, noise_scheduler: Any, batch: dict[str, torch.Tensor],
     generator: torch.Generator, cfg: TrainConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """v-prediction MSE on valid latent pixels (paper §3.2); ``unet.timesteps: final`` trains at t = T-1 only."""
+    """Stage 2: the v-prediction MSE on valid latent pixels (paper §3.2); ``unet.timesteps: final`` trains at t = T-1 only."""
     device = batch["rgb"].device
     c = pipe.config
     with torch.no_grad():
@@ -150,41 +150,45 @@ def unet_loss(
     return loss, {"valid_fraction": float(mask.float().mean())}
 
 
-def image_vae_loss(
-    depth_vae_unused: Any, vae: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator,
+def _autoencode(
+    vae: torch.nn.Module, target: torch.Tensor, valid: torch.Tensor | None, generator: torch.Generator,
     cfg: TrainConfig,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """RGB autoencoder loss for the image VAE (``vae.target: image``): reconstruction + kl_weight x KL; PSNR."""
-    target = batch["rgb"]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encode ``target``, sample the posterior, decode: (reconstruction, reconstruction loss over ``valid`` pixels
+    (all when None), KL per pixel so that the weight does not depend on resolution)."""
     posterior = vae.encode(target).latent_dist
     z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(target.device)
     recon = vae.decode(z).sample.float()
-    diff = recon - target
+    diff = recon - target if valid is None else recon[valid] - target[valid]
     reconstruction = diff.abs().mean() if cfg.vae.reconstruction_loss == "l1" else diff.square().mean()
     kl = posterior.kl().mean() / target[0].numel()
+    return recon, reconstruction, kl
+
+
+def image_vae_loss(
+    vae: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator, cfg: TrainConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """RGB autoencoder loss for the image VAE (``vae.target: image``): reconstruction + kl_weight x KL; PSNR."""
+    target = batch["rgb"]
+    recon, reconstruction, kl = _autoencode(vae, target, None, generator, cfg)
     with torch.no_grad():
-        mse = (diff.clamp(-2, 2) / 2).square().mean()  # images in [-1, 1] -> PSNR on [0, 1]
+        mse = ((recon - target).clamp(-2, 2) / 2).square().mean()  # images in [-1, 1] -> PSNR on [0, 1]
         psnr = -10.0 * torch.log10(mse.clamp(min=1e-10))
     return reconstruction + cfg.vae.kl_weight * kl, {"psnr": float(psnr), "kl": float(kl.detach())}
 
 
-def vae_loss(
+def depth_vae_loss(
     pipe: MetricGoldPipeline, depth_vae: torch.nn.Module, batch: dict[str, torch.Tensor],
     generator: torch.Generator, cfg: TrainConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstruction of 3-channel log-normalized depth on valid pixels + kl_weight x KL; AbsRel in metres."""
+    """Stage 1: the depth VAE's loss, reconstruction of 3-channel log-normalized depth on valid pixels + kl_weight x
+    KL; AbsRel in metres."""
     c = pipe.config
     depth, valid = batch["depth"], batch["valid"]
     target = normalize_depth(depth, c.depth_min, c.depth_max, c.depth_normalization).expand(-1, 3, -1, -1)
-    posterior = depth_vae.encode(target).latent_dist
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(target.device)
-    recon = depth_vae.decode(z).sample.float()
-    mask = valid.expand_as(recon)
-    if not mask.any():
+    recon, reconstruction, kl = _autoencode(depth_vae, target, valid.expand_as(target), generator, cfg)
+    if not valid.any():  # nothing valid: a zero loss that still touches every parameter (keeps DDP in step)
         return recon.sum() * 0.0, {"abs_rel": float("nan")}
-    diff = recon[mask] - target[mask]
-    reconstruction = diff.abs().mean() if cfg.vae.reconstruction_loss == "l1" else diff.square().mean()
-    kl = posterior.kl().mean() / target[0].numel()  # per pixel, so the weight does not depend on resolution
     with torch.no_grad():
         pred_m = denormalize_depth(recon.mean(dim=1, keepdim=True), c.depth_min, c.depth_max, c.depth_normalization)
         abs_rel = ((pred_m - depth).abs() / depth.clamp(min=1e-6))[valid].mean()
@@ -431,10 +435,10 @@ class Trainer:
     def _micro_loss(self, batch: dict[str, Any], micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         generator = step_generator(self.cfg.run.seed, self.step, micro, self.rank)
         if self.stage == "unet":
-            return unet_loss(self.pipe, self.model, self.noise_scheduler, batch, generator, self.cfg)
+            return v_prediction_loss(self.pipe, self.model, self.noise_scheduler, batch, generator, self.cfg)
         if self.image_target:
-            return image_vae_loss(self.pipe, self.model, batch, generator, self.cfg)
-        return vae_loss(self.pipe, self.model, batch, generator, self.cfg)
+            return image_vae_loss(self.model, batch, generator, self.cfg)
+        return depth_vae_loss(self.pipe, self.model, batch, generator, self.cfg)
 
     def _log_path(self) -> Path:
         return self.output_dir / "loss_log.jsonl"
@@ -581,4 +585,4 @@ def train(cfg: TrainConfig, stage: str, resume: str | None = None) -> Path:
 
 
 __all__ = ["Trainer", "TrainingDiverged", "build_model", "latent_valid_mask", "list_checkpoints", "multires_noise",
-           "step_generator", "train", "unet_loss", "vae_loss"]
+           "step_generator", "train", "v_prediction_loss", "depth_vae_loss", "image_vae_loss"]
