@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,15 +66,8 @@ class VKITTI2Reader(DepthReader):
     default_min_depth = 1e-5
     default_max_depth = 80.0
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        min_depth: float | None = None,
-        max_depth: float | None = None,
-        split_file: str | Path | None = None,
-    ) -> None:
-        super().__init__(root, split, min_depth, max_depth, split_file)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # DepthReader's arguments
+        super().__init__(*args, **kwargs)
         self._intrinsics: dict[Path, dict[tuple[int, int], dict[str, float]] | None] = {}
 
     def _top(self, what: str) -> Path:
