@@ -21,7 +21,13 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProp
 
 from . import jobs, mesh_builder
 from .engine import depth_io, geometry
-from .preferences import OperatorResult, Settings, check_worker_python, get_settings
+from .preferences import (
+    RESOLUTION_FROM_PREFERENCES,
+    OperatorResult,
+    Settings,
+    check_worker_python,
+    get_settings,
+)
 
 IMAGE_FILTER = "*.png;*.jpg;*.jpeg;*.tif;*.tiff;*.bmp;*.webp"
 DEPTH_FILTER = "*.npy;*.exr;*.png"
@@ -261,7 +267,7 @@ class DepthTask:
         try:
             width, height = mesh_builder.image_size(image)
             hd, wd = result.depth.shape
-            if abs(width / height - wd / hd) > 0.01 * (wd / hd):
+            if not geometry.same_aspect(width, height, result.depth.shape):
                 # The worker applies EXIF orientation, Blender's image loader does not.
                 raise mesh_builder.BuildError(
                     f"the depth is {wd} x {hd} but Blender shows '{image.name}' as {width} x {height}: the photo "
@@ -298,7 +304,7 @@ class _ImageToDepth(GeometryOptions):
     ensemble: IntProperty(name="Ensemble", description="Ensemble size (0: preferences)", default=0, min=0)  # type: ignore[valid-type]
     processing_resolution: IntProperty(  # type: ignore[valid-type]
         name="Processing Resolution", description="-2: preferences, -1: model default, 0: the image's own",
-        default=-2, min=-2)
+        default=RESOLUTION_FROM_PREFERENCES, min=RESOLUTION_FROM_PREFERENCES)
     worker_python: StringProperty(  # type: ignore[valid-type]
         name="Worker Python", description="Override the preferences' worker Python", subtype="FILE_PATH",
         options={"HIDDEN", "SKIP_SAVE"})
@@ -472,7 +478,7 @@ class METRICGOLD_OT_depth_map_to_mesh(GeometryOptions, bpy.types.Operator):
                 image = mesh_builder.load_image(photo_path, created)
                 width, height = mesh_builder.image_size(image)
                 hd, wd = depth.shape
-                if abs(width / height - wd / hd) > 0.01 * (wd / hd):
+                if not geometry.same_aspect(width, height, depth.shape):
                     raise mesh_builder.BuildError(
                         f"{photo_path} is {width} x {height} but the depth {depth_path} is {wd} x {hd}: "
                         "different aspect ratios")

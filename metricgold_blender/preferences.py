@@ -35,6 +35,12 @@ SETUP_STEPS = (
 )
 
 
+# Blender properties cannot hold None, so two values of a processing-resolution property stand for "not set here"
+# (0 is a real choice: the photo's own size).
+RESOLUTION_FROM_PREFERENCES = -2  # an operator's value: use the preferences' setting
+RESOLUTION_MODEL_DEFAULT = -1  # the preferences' value: use the checkpoint's default
+
+
 @dataclass(frozen=True)
 class Settings:
     """A snapshot of the preferences (also used where the add-on is not enabled, e.g. scripts)."""
@@ -44,7 +50,7 @@ class Settings:
     device: str = "auto"
     steps: int = 0
     ensemble: int = 0
-    processing_resolution: int = -1
+    processing_resolution: int = RESOLUTION_MODEL_DEFAULT
     seed: int = 0
 
     @property
@@ -57,15 +63,18 @@ class Settings:
     def python(self) -> str:
         return bpy.path.abspath(self.python_executable) if self.python_executable else ""
 
-    def predict_options(self, steps: int = 0, ensemble: int = 0, processing_resolution: int = -2) -> dict[str, Any]:
-        """Keyword options for ``WorkerClient.predict``; operator values override, 0/-1 mean "model default"."""
+    def predict_options(
+        self, steps: int = 0, ensemble: int = 0, processing_resolution: int = RESOLUTION_FROM_PREFERENCES
+    ) -> dict[str, Any]:
+        """Keyword options for ``WorkerClient.predict``: an operator's value overrides the preferences'; steps or
+        ensemble 0 and RESOLUTION_MODEL_DEFAULT mean the checkpoint's default (None for the worker)."""
         steps = steps or self.steps
         ensemble = ensemble or self.ensemble
-        res = self.processing_resolution if processing_resolution == -2 else processing_resolution
+        res = self.processing_resolution if processing_resolution == RESOLUTION_FROM_PREFERENCES else processing_resolution
         return {
             "num_inference_steps": steps or None,
             "ensemble_size": ensemble or None,
-            "processing_resolution": None if res < 0 else res,
+            "processing_resolution": None if res == RESOLUTION_MODEL_DEFAULT else res,
             "seed": None if self.seed < 0 else self.seed,
             "output_uncertainty": True,
         }
@@ -153,7 +162,7 @@ class MetricGoldPreferences(bpy.types.AddonPreferences):
     processing_resolution: IntProperty(  # type: ignore[valid-type]
         name="Processing resolution",
         description="Longest side the model works at (-1: the model's default, 0: the image's own resolution)",
-        default=-1, min=-1, max=8192)
+        default=RESOLUTION_MODEL_DEFAULT, min=RESOLUTION_MODEL_DEFAULT, max=8192)
     seed: IntProperty(  # type: ignore[valid-type]
         name="Seed", description="Noise seed, for repeatable results (-1: random)", default=0, min=-1)
 

@@ -254,3 +254,12 @@ def test_grid_face_keep_matches_face_mask(jump):
     d[rng.random(d.shape) < 0.1] = np.nan
     np.testing.assert_array_equal(
         _grid_face_keep(d, jump).ravel(), discontinuity_face_mask(d, grid_faces(7, 9), jump))
+
+
+def test_same_aspect():
+    from metricgold_engine.core.geometry import same_aspect
+
+    assert same_aspect(640, 480, (240, 320))  # another resolution, same shape
+    assert same_aspect(640, 480, (241, 320))  # within 1 %
+    assert not same_aspect(480, 640, (240, 320))  # rotated (EXIF orientation Blender ignores)
+    assert not same_aspect(640, 480, (250, 320))

@@ -35,6 +35,7 @@ __all__ = [
     "grid_faces",
     "pixel_uvs",
     "resolve_intrinsics",
+    "same_aspect",
     "subsample_indices",
     "unproject",
 ]
@@ -170,6 +171,13 @@ def resolve_intrinsics(
         Intrinsics.from_fov(width, height, DEFAULT_HORIZONTAL_FOV_DEG),
         f"default horizontal field of view {DEFAULT_HORIZONTAL_FOV_DEG:g} degrees",
     )
+
+
+def same_aspect(width: int, height: int, depth_shape: tuple[int, ...], tolerance: float = 0.01) -> bool:
+    """Whether an image of ``width`` x ``height`` and a depth map of shape ``(H, W)`` have the same aspect ratio
+    (within ``tolerance``, relative): a depth may be at another resolution than its photo, never another shape."""
+    hd, wd = int(depth_shape[0]), int(depth_shape[1])
+    return abs(width / height - wd / hd) <= tolerance * (wd / hd)
 
 
 def subsample_indices(size: int, stride: int) -> np.ndarray:
