@@ -8,8 +8,9 @@
 - ``NAME_depth_color.png``  colour-mapped preview with a legend of the range in metres
 - ``NAME_uncertainty.npy``  float32 metres (ensemble spread), with ``--uncertainty``
 
-Every file is written to a temporary name and renamed into place. One bad image does not stop the others; the
-summary names each failure, and the exit status is 1 if any image failed, 2 if nothing could run at all.
+Every file is written to a temporary name and renamed into place. One bad image does not stop the others (and
+leaves none of its own files); the summary names each failure, and the exit status is 1 if any image failed, 2 if
+nothing could run at all. How NAME is chosen when inputs share a name: :mod:`metricgold_engine.batch`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .image_io import IMAGE_SUFFIXES, ImageLoadError, find_images
+from .batch import check_output_dir, collect_images, output_names
+from .core.errors import MetricGoldError, OutputNotWritable
 
 
 def _positive_int(text: str) -> int:
@@ -84,35 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def collect_images(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand folders into their images. Returns (images, [(input, problem), ...])."""
-    images: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = find_images(path)
-            if not found:
-                problems.append((item, f"folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
-            images.extend(found)
-        elif path.exists():
-            images.append(path)
-        else:
-            problems.append((item, "file not found"))
-    return images, problems
-
-
-def _output_names(images: Sequence[Path]) -> list[str]:
-    """One output stem per image; inputs sharing a file name get _2, _3 ... so nothing is overwritten."""
-    seen: dict[str, int] = {}
-    names = []
-    for image in images:
-        count = seen.get(image.stem, 0) + 1
-        seen[image.stem] = count
-        names.append(image.stem if count == 1 else f"{image.stem}_{count}")
-    return names
-
-
 def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[str]) -> list[Path]:
     """Write one prediction's files (each atomically); returns their paths."""
     from .core import depth_io
@@ -123,15 +96,29 @@ def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[st
         "png16": (f"{name}_depth16.png", depth_io.write_depth_png16),
         "color": (f"{name}_depth_color.png", depth_io.write_depth_color_png),
     }
-    written = []
-    for fmt in formats:
-        filename, writer = writers[fmt]
-        writer(out_dir / filename, output.depth)
-        written.append(out_dir / filename)
-    if output.uncertainty is not None:
-        depth_io.write_depth_npy(out_dir / f"{name}_uncertainty.npy", output.uncertainty)
-        written.append(out_dir / f"{name}_uncertainty.npy")
+    written: list[Path] = []
+    try:
+        for fmt in formats:
+            filename, writer = writers[fmt]
+            writer(out_dir / filename, output.depth)
+            written.append(out_dir / filename)
+        if output.uncertainty is not None:
+            depth_io.write_depth_npy(out_dir / f"{name}_uncertainty.npy", output.uncertainty)
+            written.append(out_dir / f"{name}_uncertainty.npy")
+    except BaseException:
+        for path in written:  # all of an image's files or none: a failed image leaves nothing half-done
+            path.unlink(missing_ok=True)
+        raise
     return written
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """One line for the summary: our own errors say what they are; anything else gets its type."""
+    if isinstance(exc, MetricGoldError):
+        return exc.message
+    if isinstance(exc, MemoryError):
+        return "out of memory (try a smaller --resolution, or fewer --ensemble members per --batch-size)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -153,11 +140,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {item}: {problem}", file=sys.stderr)
         print("error: no images to process", file=sys.stderr)
         return 2
-    out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: --out {out_dir}: cannot create the output folder ({exc.strerror})", file=sys.stderr)
+    try:  # before the model loads: a bad --out costs milliseconds
+        out_dir = check_output_dir(args.out, args.inputs)
+    except OutputNotWritable as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         return 2
     try:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
@@ -173,14 +159,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "ensemble_reduction", "batch_size", "output_uncertainty")}
     done = 0
     started = time.perf_counter()
-    for image, name in tqdm(list(zip(images, _output_names(images))), desc="images", unit="img"):
-        try:
+    for image, name in tqdm(list(zip(images, output_names(images))), desc="images", unit="img"):
+        try:  # one bad image (unreadable, too large, out of memory while writing) never stops the others
             output = pipe(image, **options)
             write_prediction(out_dir, name, output, formats)
             done += 1
-        except (ImageLoadError, ValueError, OSError) as exc:
-            failures.append((str(image), str(exc)))
-            tqdm.write(f"error: {exc}", file=sys.stderr)
+        except Exception as exc:
+            problem = _describe_failure(exc)
+            failures.append((str(image), problem))
+            tqdm.write(f"error: {problem if problem.startswith(str(image)) else f'{image}: {problem}'}",
+                       file=sys.stderr)
     seconds = time.perf_counter() - started
     if failures:
         print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s; {len(failures)} failed:", file=sys.stderr)
