@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from ..core.demo_model import is_hub_id
 from .base import DepthEstimator
 from .card import read_licence
 from .errors import ModelLoadError
@@ -34,9 +34,6 @@ _SUPPORTED = ("a MetricGold checkpoint, Depth Pro, Depth Anything V2 metric or Z
 #: What is fetched from the Hub: configs, model card and safetensors weights only (never pickled .bin/.pt files).
 HUB_CONFIG_PATTERNS = ["*.json", "README.md"]
 HUB_WEIGHT_PATTERNS = ["*.safetensors"]
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
@@ -78,12 +75,6 @@ def detect_kind(folder: str | os.PathLike[str]) -> str:
         return kind
     raise ModelLoadError(f"{root}: neither model_index.json (MetricGold) nor config.json (transformers) found; "
                          f"not a model folder")
-
-
-def is_hub_id(model: str | os.PathLike[str]) -> bool:
-    """``org/name`` that is not an existing local path (a local folder always wins)."""
-    text = str(model)
-    return not Path(text).exists() and bool(_HUB_ID.match(text))
 
 
 def _hub_offline() -> bool:

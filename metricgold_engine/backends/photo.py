@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.geometry import Camera, exif_focal, resolve_camera
+from ..core.geometry import Camera, ExifFocal, exif_focal, resolve_camera
 from .base import DepthEstimator, DepthPrediction, ProgressCallback
 
 
@@ -29,18 +29,24 @@ def predict_photo(
     *,
     fov_deg: float | None = None,
     focal_35mm: float | None = None,
+    exif: ExifFocal | None | str = "read",
     progress: ProgressCallback | None = None,
     **options: Any,
 ) -> PhotoPrediction:
     """Predict ``image`` (a path, PIL image or array) with ``estimator`` and resolve its camera.
 
     ``fov_deg`` (horizontal, degrees) or ``focal_35mm`` (35 mm equivalent focal length): what the user knows of the
-    camera, ahead of the photo's EXIF. ``options`` go to the backend unchanged.
+    camera, ahead of the photo's EXIF. ``exif``: "read" (from ``image``, a path or PIL image as it was opened), or
+    the caller's own reading of it (:func:`~metricgold_engine.core.geometry.exif_focal`; None: no EXIF focal).
+    ``options`` go to the backend unchanged.
     """
     from ..image_io import load_rgb_image
 
-    # EXIF is read from the file (or the PIL image) as given: the orientation is applied after, by load_rgb_image.
-    exif = exif_focal(image) if isinstance(image, (str, os.PathLike)) or hasattr(image, "getexif") else None
+    if exif == "read":
+        # Read from the file as given: its orientation tag says how the stored pixels turn into the photo.
+        readable = isinstance(image, (str, os.PathLike)) or hasattr(image, "getexif")
+        exif = exif_focal(image) if readable else None
+    assert exif is None or isinstance(exif, ExifFocal)
     photo = load_rgb_image(image)
     width, height = photo.width, photo.height
     known = resolve_camera(width, height, fov_deg=fov_deg, focal_35mm=focal_35mm, exif=exif)
