@@ -353,3 +353,26 @@ def test_local_folder_never_downloads(tiny_depth_models, monkeypatch, no_network
     if not link.exists():
         link.symlink_to(tiny_depth_models["zoedepth"])
     assert load_estimator("acme/zoe").info().kind == "zoedepth"
+
+
+def test_published_depth_anything_licences_follow_the_authors():
+    from metricgold_engine.backends.card import licence_for
+
+    large = "depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf"
+    assert licence_for(large, "apache-2.0") == (
+        "cc-by-nc-4.0 (per the Depth Anything V2 authors; the model card says apache-2.0)")
+    small = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
+    assert licence_for(small, None).startswith("apache-2.0 (per the Depth Anything V2 authors; the model card names")
+    assert licence_for(small, "apache-2.0") == "apache-2.0"
+    assert licence_for("acme/other", "mit") == "mit" and licence_for("acme/other", None) is None
+
+
+def test_hub_model_licence_note(tiny_depth_models, tmp_path, monkeypatch, no_network):
+    """Loaded by its Hub id, a published Depth Anything Large shows the authors' non-commercial licence."""
+    from metricgold_engine.backends.tiny import make_tiny_depth_model
+
+    folder = make_tiny_depth_model(tmp_path / "snapshot", "depth_anything", licence="apache-2.0")
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, **kwargs: str(folder))
+    monkeypatch.chdir(tmp_path)
+    est = load_estimator("depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf")
+    assert est.info().licence.startswith("cc-by-nc-4.0")

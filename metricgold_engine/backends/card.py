@@ -29,3 +29,23 @@ def read_licence(folder: str | os.PathLike[str]) -> str | None:
     if licence == "other" and name:
         return str(name)
     return licence
+
+
+#: Published weights whose model card metadata is missing, or less strict than what the authors state: the Depth
+#: Anything V2 authors release the Small weights under Apache-2.0 and the Base/Large ones under CC-BY-NC-4.0
+#: (non-commercial), while the -hf cards carry no licence (Small, Base) or apache-2.0 (Large).
+AUTHORS_LICENCES = {
+    **{f"depth-anything/Depth-Anything-V2-Metric-{scene}-Small-hf": "apache-2.0" for scene in ("Indoor", "Outdoor")},
+    **{f"depth-anything/Depth-Anything-V2-Metric-{scene}-{size}-hf": "cc-by-nc-4.0"
+       for scene in ("Indoor", "Outdoor") for size in ("Base", "Large")},
+}
+
+
+def licence_for(name: str, card_licence: str | None) -> str | None:
+    """The licence to show for a model loaded as ``name``: the card's, unless the authors state another for these
+    published weights (then theirs, saying what the card says)."""
+    authors = AUTHORS_LICENCES.get(name)
+    if authors is None or authors == card_licence:
+        return card_licence
+    card = f"the model card says {card_licence}" if card_licence else "the model card names none"
+    return f"{authors} (per the Depth Anything V2 authors; {card})"

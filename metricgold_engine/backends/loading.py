@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core.demo_model import is_hub_id
 from .base import DepthEstimator
-from .card import read_licence
+from .card import licence_for, read_licence
 from .errors import ModelLoadError
 
 #: ``config.json`` ``model_type`` -> backend kind.
@@ -147,7 +147,7 @@ def load_estimator(
     else:
         folder = Path(name).expanduser()
     kind = detect_kind(folder)
-    licence = read_licence(folder)
+    licence = licence_for(name, read_licence(folder))
     if kind == "metricgold":
         from .metricgold import MetricGoldEstimator
 
