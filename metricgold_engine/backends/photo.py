@@ -46,7 +46,8 @@ def predict_photo(
         # Read from the file as given: its orientation tag says how the stored pixels turn into the photo.
         readable = isinstance(image, (str, os.PathLike)) or hasattr(image, "getexif")
         exif = exif_focal(image) if readable else None
-    assert exif is None or isinstance(exif, ExifFocal)
+    if exif is not None and not isinstance(exif, ExifFocal):
+        raise TypeError(f"exif must be 'read', None or an ExifFocal, got {type(exif).__name__}")
     photo = load_rgb_image(image)
     width, height = photo.width, photo.height
     known = resolve_camera(width, height, fov_deg=fov_deg, focal_35mm=focal_35mm, exif=exif)
