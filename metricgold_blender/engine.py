@@ -12,9 +12,14 @@ import importlib.util
 
 if importlib.util.find_spec(f"{__package__}._vendor") is not None:
     from ._vendor.metricgold_engine import __version__ as ENGINE_VERSION  # type: ignore[import-not-found]
-    from ._vendor.metricgold_engine.core import client, depth_io, geometry  # type: ignore[import-not-found]
+    from ._vendor.metricgold_engine.core import (  # type: ignore[import-not-found]
+        client,
+        demo_model,
+        depth_io,
+        geometry,
+    )
 else:  # source checkout: the engine is a sibling package
     from metricgold_engine import __version__ as ENGINE_VERSION
-    from metricgold_engine.core import client, depth_io, geometry
+    from metricgold_engine.core import client, demo_model, depth_io, geometry
 
-__all__ = ["ENGINE_VERSION", "client", "depth_io", "geometry"]
+__all__ = ["ENGINE_VERSION", "client", "demo_model", "depth_io", "geometry"]

@@ -47,8 +47,8 @@ class GeometryOptions:
     intrinsics_mode: EnumProperty(  # type: ignore[valid-type]
         name="Camera",
         items=[
-            ("AUTO", "From Photo", "EXIF 35 mm focal length when the photo has one, else a "
-             f"{geometry.DEFAULT_HORIZONTAL_FOV_DEG:g} degree horizontal field of view"),
+            ("AUTO", "From Photo", "The photo's EXIF focal length when it has one, else the model's estimate "
+             f"(Depth Pro), else a {geometry.DEFAULT_HORIZONTAL_FOV_DEG:g} degree horizontal field of view"),
             ("FOV", "Field of View", "A horizontal field of view, principal point at the centre"),
             ("INTRINSICS", "Intrinsics", "fx, fy, cx, cy in pixels of the photo (OpenCV convention)"),
         ],
@@ -93,6 +93,15 @@ class GeometryOptions:
             point_size=self.point_size,
             location=tuple(self.location),  # type: ignore[arg-type]
         )
+
+    def camera_hint(self, width: int) -> dict[str, float]:
+        """What the user set of the camera, for the worker: a model whose metric depth depends on the focal length
+        (Depth Pro) then uses it for the depth too. AUTO sends nothing (the worker reads the photo's EXIF)."""
+        if self.intrinsics_mode == "FOV":
+            return {"fov_deg": math.degrees(self.fov)}
+        if self.intrinsics_mode == "INTRINSICS":
+            return {"fov_deg": math.degrees(2.0 * math.atan(width / (2.0 * self.fx)))}
+        return {}
 
     def resolve_intrinsics(self, width: int, height: int, photo_path: str | None) -> tuple[Any, str]:
         if self.intrinsics_mode == "INTRINSICS":
@@ -178,7 +187,9 @@ class DepthTask:
         created: mesh_builder.Created,
         report: Report,
         depth_dir: str = "",
+        use_worker_camera: bool = False,
     ) -> None:
+        self.use_worker_camera = use_worker_camera  # the worker read the photo's EXIF (Blender's Python cannot)
         self.image_name = image_name
         self.photo_path = photo_path
         self.settings = settings
@@ -272,7 +283,13 @@ class DepthTask:
                 raise mesh_builder.BuildError(
                     f"the depth is {wd} x {hd} but Blender shows '{image.name}' as {width} x {height}: the photo "
                     "probably has an EXIF rotation Blender ignores; save it upright (rotated pixels) and try again")
-            k, source = self.resolve_intrinsics(width, height, self.photo_path)
+            camera = result.get_camera() if self.use_worker_camera else None
+            if camera is not None:  # the worker's camera describes the depth's pixels; the photo may be larger
+                k = camera.intrinsics
+                k = k if (k.width, k.height) == (width, height) else k.scaled(width, height)
+                source = f"{camera.description} [{camera.focal_source}]"
+            else:
+                k, source = self.resolve_intrinsics(width, height, self.photo_path)
             self.result = mesh_builder.build_depth_scene(
                 context, result.depth, k, name=self.name, image=image, uncertainty=result.uncertainty,
                 options=self.build_options, created=self.created,
@@ -283,8 +300,12 @@ class DepthTask:
             return {"CANCELLED"}
         what = "points" if self.build_options.point_cloud else "vertices"
         demo = "" if self.settings.model else " (built-in DEMO model: expect rough depth)"
+        if self.result.camera is not None:  # kept on the camera, for scripts and for the user to check later
+            self.result.camera["metricgold_camera"] = source
+        model = result.model or {}
+        licence = f", {model.get('kind')} model, licence {model.get('licence') or 'unknown'}" if model else ""
         self.report({"INFO"}, f"MetricGold: {self.name}: {self.result.vertex_count} {what}, camera from {source}, "
-                              f"depth {result.depth_path}{demo}")
+                              f"depth {result.depth_path}{licence}{demo}")
         return {"FINISHED"}
 
 
@@ -309,7 +330,7 @@ class _ImageToDepth(GeometryOptions):
         name="Worker Python", description="Override the preferences' worker Python", subtype="FILE_PATH",
         options={"HIDDEN", "SKIP_SAVE"})
     model_dir: StringProperty(  # type: ignore[valid-type]
-        name="Model Folder", description="Override the preferences' model folder", subtype="DIR_PATH",
+        name="Model", description="Override the preferences' model (a folder or a Hugging Face id)", subtype="DIR_PATH",
         options={"HIDDEN", "SKIP_SAVE"})
     device: StringProperty(  # type: ignore[valid-type]
         name="Device", description="Override the preferences' device (auto, cpu, cuda, cuda:N, mps)",
@@ -361,12 +382,14 @@ class _ImageToDepth(GeometryOptions):
                         else "no image: open one in the Image Editor or choose a file")
                 mesh_builder.image_size(image)
                 photo_path = bpy.path.abspath(image.filepath) if image.filepath else ""
+            options = settings.predict_options(self.steps, self.ensemble, self.processing_resolution)
+            options.update(self.camera_hint(mesh_builder.image_size(image)[0]))
             self._task = DepthTask(
-                image_name=image.name, photo_path=photo_path, settings=settings,
-                predict_options=settings.predict_options(self.steps, self.ensemble, self.processing_resolution),
+                image_name=image.name, photo_path=photo_path, settings=settings, predict_options=options,
                 build_options=self.build_options(self.point_cloud), resolve_intrinsics=self.resolve_intrinsics,
                 name=_object_name(photo_path or image.name), created=created, report=self.report,  # type: ignore[attr-defined]
                 depth_dir=bpy.path.abspath(self.depth_dir) if self.depth_dir else "",
+                use_worker_camera=self.intrinsics_mode == "AUTO",
             )
         except (mesh_builder.BuildError, OSError) as e:
             created.remove_all()
@@ -494,6 +517,8 @@ class METRICGOLD_OT_depth_map_to_mesh(GeometryOptions, bpy.types.Operator):
             self.report({"ERROR"}, f"MetricGold: {e}")
             return {"CANCELLED"}
         what = "points" if self.point_cloud else "vertices"
+        if result.camera is not None:
+            result.camera["metricgold_camera"] = source
         self.report({"INFO"}, f"MetricGold: {result.object.name}: {result.vertex_count} {what}, camera from {source}")
         return {"FINISHED"}
 

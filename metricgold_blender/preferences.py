@@ -13,7 +13,7 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import jobs
-from .engine import ENGINE_VERSION
+from .engine import ENGINE_VERSION, demo_model
 
 #: The add-on's package name: "metricgold_blender" in a checkout, "bl_ext.<repo>.metricgold" as an extension.
 ADDON_ID = __package__ or "metricgold_blender"
@@ -31,7 +31,7 @@ SETUP_STEPS = (
     "2. Install MetricGold there:   ~/metricgold-env/bin/python -m pip install metricgold",
     "   (from a source checkout:   ~/metricgold-env/bin/python -m pip install -e /path/to/MetricGold)",
     "3. Set 'Worker Python' below to that environment's python (Windows: metricgold-env\\Scripts\\python.exe)",
-    "4. Optionally set 'Model folder' to a MetricGold checkpoint, then press 'Test worker'.",
+    "4. Optionally set 'Model' to a model folder or Hugging Face id (README 'Which model?'), press 'Test worker'.",
 )
 
 
@@ -55,7 +55,9 @@ class Settings:
 
     @property
     def model(self) -> str | None:
-        """The model folder, or None for the engine's built-in default model."""
+        """The model folder or Hugging Face Hub id, or None for the engine's built-in default model."""
+        if self.model_dir and demo_model.is_hub_id(self.model_dir.strip()):
+            return self.model_dir.strip()
         path = bpy.path.abspath(self.model_dir) if self.model_dir else ""
         return os.path.normpath(path) if path else None
 
@@ -99,7 +101,7 @@ def check_worker_python(settings: Settings) -> str | None:
     if not os.access(python, os.X_OK):
         return f"MetricGold: worker Python is not executable: {python}"
     model = settings.model
-    if model is not None and not os.path.isdir(model):
+    if model is not None and not os.path.isdir(model) and not demo_model.is_hub_id(model):
         return f"MetricGold: model folder not found: {model}"
     return None
 
@@ -132,12 +134,16 @@ DEMO_MODEL_NOTE = "the built-in DEMO model (small, trained only on synthetic sce
 
 def describe_worker(info: dict[str, Any]) -> str:
     model = info.get("model") or info.get("model_path") or f"not loaded yet ({DEMO_MODEL_NOTE} unless a model folder is set)"
+    licence = ""
     if isinstance(model, dict):
-        model = model.get("path") or model.get("name") or model
+        # Several popular weights are non-commercial: the licence is shown before the model is used.
+        licence = f", licence {model.get('licence') or 'unknown (see the model card)'}"
+        kind = f" ({model['kind']})" if model.get("kind") else ""
+        model = f"{model.get('path') or model.get('name') or '?'}{kind}"
     if info.get("demo_model"):
         model = DEMO_MODEL_NOTE
     return (f"MetricGold worker OK: engine {info.get('engine_version', '?')}, device {info.get('device', '?')}, "
-            f"model {model}")
+            f"model {model}{licence}")
 
 
 class MetricGoldPreferences(bpy.types.AddonPreferences):
@@ -149,8 +155,9 @@ class MetricGoldPreferences(bpy.types.AddonPreferences):
         subtype="FILE_PATH",
     )
     model_dir: StringProperty(  # type: ignore[valid-type]
-        name="Model folder",
-        description="A MetricGold checkpoint folder (model_index.json inside); empty: the built-in demo model",
+        name="Model",
+        description="A model folder (MetricGold, Depth Pro, Depth Anything V2 metric, ZoeDepth) or a Hugging Face id "
+                    "such as apple/DepthPro-hf (downloaded once by the worker); empty: the built-in demo model",
         subtype="DIR_PATH",
     )
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")  # type: ignore[valid-type]

@@ -25,6 +25,8 @@ _LAZY = {
     "load_pipeline": "metricgold_engine.checkpoint",
     "save_checkpoint": "metricgold_engine.checkpoint",
     "make_tiny_checkpoint": "metricgold_engine.tiny_models",
+    "load_estimator": "metricgold_engine.backends.loading",
+    "predict_photo": "metricgold_engine.backends.photo",
     "WorkerClient": "metricgold_engine.core.client",
     "MetricGoldError": "metricgold_engine.core.errors",
 }

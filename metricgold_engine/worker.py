@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Callable
 
 from . import __version__
 from .core import protocol
+from .core.demo_model import is_hub_id
 from .core.errors import (
     CheckpointError,
     MetricGoldError,
@@ -82,8 +83,8 @@ class WorkerServer:
         self._compute = threading.Thread(target=self._compute_loop, name="metricgold-compute", daemon=True)
         self.default_device = device
         self.default_dtype = dtype
-        self.pipe: Any = None
-        self.model_key: tuple[str, str, str] | None = None  # (path, device, dtype) as requested
+        self.estimator: Any = None  # a backends.DepthEstimator
+        self.model_key: tuple[str, str, str] | None = None  # (path or Hub id, device, dtype) as requested
         self.client_gone = False
 
     # ------------------------------------------------------------------------------------------------- output
@@ -238,9 +239,10 @@ class WorkerServer:
 
         device: str | None = None
         dtype: str | None = None
-        if self.pipe is not None:
-            device = str(self.pipe.device)
-            dtype = str(self.pipe.unet.dtype).replace("torch.", "")
+        model_info: dict[str, Any] | None = None
+        if self.estimator is not None:
+            device, dtype = _device_and_dtype(self.estimator)
+            model_info = self.estimator.info().as_json()
         else:
             from .devices import pick_device
 
@@ -258,34 +260,41 @@ class WorkerServer:
             "pid": os.getpid(),
             "device": device,
             "dtype": dtype,
-            "model_loaded": self.pipe is not None,
+            "model_loaded": self.estimator is not None,
             "model_path": None if self.model_key is None else self.model_key[0],
             # The built-in demo model is small and trained only on synthetic scenes: clients should say so.
             "demo_model": self.model_key is not None and is_demo_model(self.model_key[0]),
+            # name, kind, licence (several popular weights are non-commercial: clients show it), default_options
+            "model": model_info,
         }
 
     def load(self, path: str | None, device: str, dtype: str) -> None:
-        """Load a checkpoint (None: the built-in demo model), kept for every later request; the old model stays if
-        the new one fails."""
-        from .core.errors import CheckpointError
-        from .checkpoint import load_pipeline
-        from .core.demo_model import resolve_model_path
+        """Load a model of any backend: a folder, a Hugging Face Hub id, or None (the built-in demo model); kept
+        for every later request. The old model stays if the new one fails."""
+        from .backends import load_estimator
+        from .core.demo_model import is_hub_id, resolve_model_path
 
         try:
-            key = (str(resolve_model_path(path).expanduser().resolve()), device, dtype)
+            where = path if is_hub_id(path) else str(resolve_model_path(path).expanduser().resolve())
+            key = (str(where), device, dtype)
             if key == self.model_key:
                 return  # already loaded: loading is the expensive part, so it is done once
-            pipe: Any = load_pipeline(key[0], device=device, dtype=dtype)  # diffusers is untyped
+            # None stays None so that the demo model is named as such; a folder goes as resolved.
+            estimator = load_estimator(None if path is None else key[0], device=device, dtype=dtype)
         except (CheckpointError, ValueError, OSError) as exc:
             what = "the built-in demo model" if path is None else f"the model {path}"
             raise CheckpointError(f"cannot load {what}: {_message(exc)}") from None
-        pipe.set_progress_bar_config(disable=True)
-        old, self.pipe, self.model_key = self.pipe, pipe, key
+        pipeline = getattr(estimator, "pipeline", None)
+        if pipeline is not None:
+            pipeline.set_progress_bar_config(disable=True)
+        old, self.estimator, self.model_key = self.estimator, estimator, key
         if old is not None:
             del old
             gc.collect()
             _empty_device_cache()
-        log.info("loaded %s on %s (%s)", key[0], pipe.device, pipe.unet.dtype)
+        info = estimator.info()
+        log.info("loaded %s (%s, licence %s) on %s", key[0], info.kind, info.licence or "unknown",
+                 " ".join(_device_and_dtype(estimator)))
 
     def _load_model(self, job: _Job) -> dict[str, Any]:
         params = job.request.params
@@ -298,11 +307,12 @@ class WorkerServer:
         import numpy as np
 
         from .core.depth_io import write_depth_npy
+        from .core.geometry import exif_focal
         from .image_io import load_rgb_image
 
         started = time.perf_counter()
         params = job.request.params
-        if self.pipe is None:
+        if self.estimator is None:
             # Like the command line without --model: the engine's built-in demo model, when it is installed.
             from .core.demo_model import DEMO_MODEL_PATH, demo_model_available
 
@@ -319,27 +329,37 @@ class WorkerServer:
         image_path = Path(params["image"]).expanduser().absolute()
         output_dir = Path(params["output_dir"]).expanduser().absolute()
         self._progress(job, protocol.STAGE_LOAD_IMAGE, 0, 1)
-        image = load_rgb_image(image_path)  # ImageLoadError (bad image) names the file
+        image = load_rgb_image(image_path)  # ImageLoadError (bad image) names the file, before any compute
+        exif = exif_focal(image_path)
         self._progress(job, protocol.STAGE_LOAD_IMAGE, 1, 1)
         _check_writable(output_dir)
 
-        # 2. Denoise; the step callback reports progress and is where a cancel takes effect
-        def step_callback(step: int, total: int) -> None:
+        # 2. The model's options: those it has; MetricGold's sent to a one-pass model are listed, not used (the
+        # add-on always sends its MetricGold settings). None and False are "not asked for".
+        info = self.estimator.info()
+        options, ignored = {}, []
+        for name in protocol.PREDICT_OPTIONS:
+            value = params[name]
+            if name in info.default_options:
+                if value is not None:
+                    options[name] = value
+            elif value not in (None, False):
+                ignored.append(name)
+
+        # 3. Predict; progress reports each step and is where a cancel takes effect
+        def progress(stage: str, step: int, total: int) -> None:
             job.step = step
-            self._progress(job, protocol.STAGE_DENOISE, step, total)
+            self._progress(job, stage, step, total)
             if job.cancel.is_set():
                 raise PredictionCancelled("cancelled")
 
-        out = self.pipe(
-            image,
-            num_inference_steps=params["num_inference_steps"],
-            ensemble_size=params["ensemble_size"],
-            processing_resolution=params["processing_resolution"],
-            seed=params["seed"],
-            timestep_spacing=params["timestep_spacing"],
-            output_uncertainty=params["output_uncertainty"],
-            step_callback=step_callback,
-        )
+        from .backends.photo import predict_photo
+
+        if job.cancel.is_set():
+            raise PredictionCancelled("cancelled")
+        result = predict_photo(self.estimator, image, exif=exif, fov_deg=params["fov_deg"],
+                               focal_35mm=params["focal_35mm"], progress=progress, **options)
+        out = result.prediction
         if job.cancel.is_set():
             raise PredictionCancelled("cancelled")  # cancelled after the last step: write nothing
 
@@ -364,7 +384,19 @@ class WorkerServer:
             "depth_max": protocol.finite_or_none(finite.max()) if finite.size else None,
             "settings": out.settings,
             "seconds": time.perf_counter() - started,
+            "camera": result.camera.as_json(),
+            "model": info.as_json(),
+            "ignored_options": ignored,
         }
+
+
+def _device_and_dtype(estimator: Any) -> tuple[str, str]:
+    """Where a loaded model runs, for ``hello``: the MetricGold pipeline's UNet, or the transformers model."""
+    module = getattr(estimator, "pipeline", None)
+    if module is not None:
+        return str(module.device), str(module.unet.dtype).replace("torch.", "")
+    model = estimator.model
+    return str(model.device), str(model.dtype).replace("torch.", "")
 
 
 def _check_writable(folder: Path) -> None:
@@ -397,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MetricGold inference worker: JSON-RPC 2.0, one object a line, on stdin/stdout "
         "(see docs/protocol.md). Logs go to stderr.",
     )
-    parser.add_argument("--model", help="checkpoint folder to load at start (else send load_model)")
+    parser.add_argument("--model", help="model folder or Hugging Face Hub id to load at start (else send load_model)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto", choices=protocol.DTYPES, help="auto = float16 on GPUs, float32 on CPU")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -411,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     except protocol.ProtocolError as exc:
         print(f"metricgold worker: {exc.message}", file=sys.stderr)
         return 2
-    if args.model and not Path(args.model).expanduser().is_dir():
+    if args.model and not Path(args.model).expanduser().is_dir() and not is_hub_id(args.model):
         # Checked before importing torch (seconds), so a typo fails at once; load_pipeline checks the rest.
         print(f"metricgold worker: {args.model}: model folder not found", file=sys.stderr)
         return 2

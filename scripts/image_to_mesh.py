@@ -43,7 +43,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="image_to_mesh.py", description="Photos to metric depth meshes and cameras in a .blend file.")
     p.add_argument("images", nargs="*", type=Path, help="photos (PNG, JPEG, ...); optional with --depth")
     p.add_argument("--out", required=True, type=Path, help="the .blend file to write")
-    p.add_argument("--model", type=Path, help="MetricGold checkpoint folder (default: the engine's default model)")
+    p.add_argument("--model", help="model folder or Hugging Face id: MetricGold, Depth Pro, Depth Anything V2 metric "
+                                   "or ZoeDepth (default: the engine's built-in demo model)")
     p.add_argument("--python", dest="worker_python", help="Python of the worker environment (default: this Python)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="worker device")
     p.add_argument("--depth", type=Path, help="existing depth file for a single image: no model needed")
@@ -161,6 +162,15 @@ def right_edge_m(scene) -> float:
     return max(xs) * unit if xs else 0.0
 
 
+def model_argument(model: str | None) -> str:
+    """The operator's ``model_dir``: a local folder made absolute, a Hugging Face id as it is, "" for the default."""
+    if not model:
+        return ""
+    from metricgold_engine.core.demo_model import is_hub_id
+
+    return model if is_hub_id(model) else str(Path(model).expanduser().resolve())
+
+
 def run(args: argparse.Namespace) -> list[str]:
     import bpy
 
@@ -194,7 +204,7 @@ def run(args: argparse.Namespace) -> list[str]:
                           else bpy.ops.metricgold.image_to_depth_mesh)
                     result = op(
                         filepath=str(source.resolve()), worker_python=args.worker_python or sys.executable,
-                        model_dir=str(args.model.resolve()) if args.model else "", synchronous=True,
+                        model_dir=model_argument(args.model), synchronous=True,
                         steps=args.steps, ensemble=args.ensemble, processing_resolution=args.processing_resolution,
                         device=args.device, depth_dir=str(out.with_name(out.stem + "_depth")), **kw)
             except RuntimeError as e:  # the operator's own report
@@ -203,8 +213,11 @@ def run(args: argparse.Namespace) -> list[str]:
                 raise ScriptError(f"{photo or args.depth}: {result}")
             # The next image goes to the right of everything built so far.
             x = right_edge_m(bpy.context.scene) + GAP_M
-            messages.append(f"{Path(photo or args.depth).name}: {bpy.context.scene.camera.name} and its "
-                            f"{'points' if args.point_cloud else 'mesh'}")
+            camera = bpy.context.scene.camera
+            source = camera.get("metricgold_camera")
+            messages.append(f"{Path(photo or args.depth).name}: {camera.name} and its "
+                            f"{'points' if args.point_cloud else 'mesh'}"
+                            + (f"; camera from {source}" if source else ""))
         bpy.ops.wm.save_as_mainfile(filepath=str(out), check_existing=False)  # Blender writes via a temp file
         messages.append(f"wrote {out}")
         if args.render:

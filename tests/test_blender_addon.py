@@ -484,3 +484,18 @@ def test_one_worker_at_a_time(addon, worker_prefs):
     assert other is not first and not first.alive and other.alive
     jobs.forget_client(other)
     assert not other.alive
+
+
+def test_test_worker_names_the_model_kind_and_licence(addon, tmp_path, monkeypatch):
+    prefs = mod(addon, "preferences")
+    hello = {"engine_version": "0.1.0", "device": "cpu", "demo_model": False,
+             "model": {"name": "apple/DepthPro-hf", "kind": "depth_pro", "licence": "apple-amlr"}}
+    assert prefs.describe_worker(hello).endswith("model apple/DepthPro-hf (depth_pro), licence apple-amlr")
+    hello["model"]["licence"] = None
+    assert prefs.describe_worker(hello).endswith("licence unknown (see the model card)")
+    # A Hugging Face id is a model too (the worker fetches it): not refused as a missing folder
+    monkeypatch.chdir(tmp_path)
+    settings = prefs.Settings(python_executable=sys.executable, model_dir="apple/DepthPro-hf")
+    assert settings.model == "apple/DepthPro-hf" and prefs.check_worker_python(settings) is None
+    settings = prefs.Settings(python_executable=sys.executable, model_dir=str(tmp_path / "missing"))
+    assert "model folder not found" in prefs.check_worker_python(settings)

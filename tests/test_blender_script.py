@@ -122,3 +122,36 @@ def test_errors(tmp_path):
     proc = run_script(photo, "--python", tmp_path / "nopython", "--out", tmp_path / "x.blend", check=False)
     assert proc.returncode == 1 and "worker Python not found" in proc.stderr
     assert not (tmp_path / "x.blend").exists()
+
+
+def test_depth_pro_model_camera_from_exif_through_the_worker(tmp_path):
+    """Any backend through the add-on: the worker reads the EXIF focal (Blender's Python has no Pillow), the camera
+    is built from its intrinsics and the report says where the focal length came from."""
+    import math
+
+    from metricgold_engine.backends.tiny import make_tiny_depth_model
+
+    model = make_tiny_depth_model(tmp_path / "depth-pro", "depth_pro", licence="apple-amlr")
+    photo = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x8769] = {0xA405: 26}  # FocalLengthIn35mmFilm
+    Image.fromarray((np.random.default_rng(3).random((24, 32, 3)) * 255).astype(np.uint8)).save(
+        photo, exif=exif, quality=95)
+    out = tmp_path / "pro.blend"
+    proc = run_script(photo, "--model", model, "--device", "cpu", "--out", out)
+    assert "camera from EXIF FocalLengthIn35mmFilm 26 mm" in proc.stdout and "[exif]" in proc.stdout
+    cam = describe(out)["collections"]["MetricGold phone"]["MetricGold phone camera"]
+    fx = 26 * math.hypot(32, 24) / math.hypot(36, 24)  # hand formula for the 35 mm equivalent
+    assert cam["lens"] / cam["sensor_width"] == pytest.approx(fx / 32)
+    # The depth is Depth Pro's with EXIF's focal: transformers' depth x f_exif / f_model
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    processor = AutoImageProcessor.from_pretrained(model)
+    net = AutoModelForDepthEstimation.from_pretrained(model).eval()
+    with torch.no_grad():
+        outputs = net(**processor(images=Image.open(photo).convert("RGB"), return_tensors="pt"))
+    ref = processor.post_process_depth_estimation(outputs, target_sizes=[(24, 32)])[0]
+    expected = ref["predicted_depth"].numpy().astype(np.float64) * fx / float(ref["focal_length"])
+    depth = np.load(tmp_path / "pro_depth" / "phone_depth.npy")
+    assert np.max(np.abs(depth / expected - 1)) < 1e-4

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import re
+
 import pytest
 
 from metricgold_engine.core import protocol as P
@@ -54,8 +56,9 @@ def test_valid_predict_fills_the_pipeline_defaults():
     assert req.params == {
         "image": "a.png", "output_dir": "out", "num_inference_steps": None, "ensemble_size": None,
         "processing_resolution": None, "seed": 3, "timestep_spacing": "trailing", "output_uncertainty": True,
+        "flip_average": None, "fov_deg": None, "focal_35mm": None,
     }
-    assert set(req.params) - {"image", "output_dir"} == set(P.PREDICT_OPTIONS)
+    assert set(req.params) - {"image", "output_dir"} == set(P.PREDICT_OPTIONS) | set(P.PREDICT_CAMERA)
 
 
 @pytest.mark.parametrize(
@@ -169,3 +172,18 @@ def test_builders_and_parse_response():
                 b'{"jsonrpc": "2.0", "id": 1, "error": {"code": "x", "message": "m"}}', b'{"id": 1, "result": 1}'):
         with pytest.raises(P.ProtocolError):
             P.parse_response(bad)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"fov_deg": 180}, "'fov_deg' must be a number of degrees in (0, 180)"),
+    ({"fov_deg": True}, "'fov_deg' must be a number of degrees"),
+    ({"focal_35mm": 0}, "'focal_35mm' must be a number > 0"),
+    ({"focal_35mm": float("inf")}, "'focal_35mm' must be a number > 0"),
+    ({"flip_average": 1}, "'flip_average' must be true or false"),
+    ({"fov_deg": 60, "focal_35mm": 26}, "give 'fov_deg' or 'focal_35mm', not both"),
+])
+def test_predict_camera_and_backend_params(params, message):
+    with pytest.raises(P.ProtocolError, match=re.escape(message)):
+        P.check_params(P.PREDICT, {**GOOD, **params})
+    good = P.check_params(P.PREDICT, {**GOOD, "fov_deg": 60, "flip_average": True})
+    assert (good["fov_deg"], good["flip_average"], good["focal_35mm"]) == (60.0, True, None)

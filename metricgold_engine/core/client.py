@@ -29,6 +29,7 @@ import weakref
 from typing import Any, Callable, Mapping
 
 from . import protocol
+from .demo_model import is_hub_id
 from .errors import (
     ClientClosed,
     MetricGoldError,
@@ -98,7 +99,7 @@ class WorkerClient:
             protocol.check_params(protocol.LOAD_MODEL, {"path": "-", "device": device, "dtype": dtype})
         except protocol.ProtocolError as exc:
             raise ValueError(exc.message.replace("load_model:", "WorkerClient:", 1)) from None
-        self._model = None if model is None else _absolute(model)
+        self._model = None if model is None else _model_argument(model)
         self._device = device
         self._dtype = dtype
         self._use_demo = False  # load_model(None) was called: reload the demo model after a restart
@@ -362,7 +363,7 @@ class WorkerClient:
         restarted worker loads it again."""
         try:
             params = protocol.check_params(protocol.LOAD_MODEL, {
-                "path": None if path is None else _absolute(path),
+                "path": None if path is None else _model_argument(path),
                 "device": device or self._device, "dtype": dtype or self._dtype,
             })
         except protocol.ProtocolError as exc:
@@ -425,6 +426,11 @@ class WorkerClient:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.alive else ("closed" if self._closed else "not running")
         return f"WorkerClient({self.python_executable!r}, model={self._model!r}, {state})"
+
+
+def _model_argument(model: str | os.PathLike[str]) -> str:
+    # A Hub id goes as it is (the worker fetches it); a local folder as an absolute path.
+    return os.fspath(model) if is_hub_id(model) else _absolute(model)
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:

@@ -6,6 +6,7 @@ Pure path logic, on the ground floor so that the worker, the CLI and the scripts
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import CheckpointError
@@ -42,3 +43,15 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
             )
         return DEMO_MODEL_PATH
     return Path(path)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_hub_id(model: str | os.PathLike[str] | None) -> bool:
+    """Whether a model argument means a Hugging Face Hub id: ``org/name`` that is not an existing local path (a
+    local folder always wins, so ``models/x`` next to the user is never fetched)."""
+    if model is None:
+        return False
+    text = os.fspath(model)
+    return bool(_HUB_ID.match(text)) and not Path(text).expanduser().exists()

@@ -48,9 +48,11 @@ STAGE_LOAD_MODEL = "load_model"
 STAGE_LOAD_IMAGE = "load_image"
 STAGE_DENOISE = "denoise"
 STAGE_SAVE = "save"
-STAGES = (STAGE_LOAD_MODEL, STAGE_LOAD_IMAGE, STAGE_DENOISE, STAGE_SAVE)
+STAGE_PREDICT = "predict"  # a one-pass model's (Depth Pro, Depth Anything, ZoeDepth) forward pass, instead of denoise
+STAGES = (STAGE_LOAD_MODEL, STAGE_LOAD_IMAGE, STAGE_DENOISE, STAGE_PREDICT, STAGE_SAVE)
 
-#: The pipeline's own keyword names that `predict` passes through (None = the checkpoint's default).
+#: The models' own keyword names that `predict` passes through (None = the model's default). All but
+#: ``flip_average`` (ZoeDepth) are MetricGold's; a model ignores those it does not have (the result lists them).
 PREDICT_OPTIONS = (
     "num_inference_steps",
     "ensemble_size",
@@ -58,7 +60,11 @@ PREDICT_OPTIONS = (
     "seed",
     "timestep_spacing",
     "output_uncertainty",
+    "flip_average",
 )
+#: What the user knows of the camera, ahead of the photo's EXIF: a horizontal field of view or a 35 mm equivalent
+#: focal length (at most one).
+PREDICT_CAMERA = ("fov_deg", "focal_35mm")
 
 
 class ProtocolError(MetricGoldError, ValueError):
@@ -143,6 +149,26 @@ def _spacing_or_null(method: str, name: str, value: Any) -> str | None:
     return str(value)
 
 
+def _bool_or_null(method: str, name: str, value: Any) -> bool | None:
+    return None if value is None else _bool(method, name, value)
+
+
+def _fov_or_null(method: str, name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 180:
+        raise _bad_param(method, name, "a number of degrees in (0, 180) or null", value)
+    return float(value)
+
+
+def _positive_number_or_null(method: str, name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise _bad_param(method, name, "a number > 0 or null", value)
+    return float(value)
+
+
 def _bool(method: str, name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _bad_param(method, name, "true or false", value)
@@ -195,6 +221,9 @@ PARAMS: dict[str, dict[str, _Param]] = {
         "seed": _Param(_seed_or_null),
         "timestep_spacing": _Param(_spacing_or_null),
         "output_uncertainty": _Param(_bool, default=False),
+        "flip_average": _Param(_bool_or_null),
+        "fov_deg": _Param(_fov_or_null),
+        "focal_35mm": _Param(_positive_number_or_null),
     },
     CANCEL: {"request_id": _Param(_request_id, required=True)},
     SHUTDOWN: {},
@@ -222,6 +251,8 @@ def check_params(method: str, params: Mapping[str, Any] | None) -> dict[str, Any
             cleaned[name] = param.default
         else:
             cleaned[name] = param.check(method, name, params[name])
+    if method == PREDICT and cleaned["fov_deg"] is not None and cleaned["focal_35mm"] is not None:
+        raise ProtocolError(INVALID_PARAMS, f"{method}: give 'fov_deg' or 'focal_35mm', not both")
     return cleaned
 
 

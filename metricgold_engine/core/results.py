@@ -9,10 +9,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import WorkerError
+from .geometry import Camera
 
 @dataclass(frozen=True)
 class Progress:
-    """One `progress` notification: ``stage`` is "load_image", "denoise" or "save"; ``step`` of ``total``."""
+    """One `progress` notification: ``stage`` is "load_model", "load_image", "denoise" (MetricGold) or "predict"
+    (a one-pass model), or "save"; ``step`` of ``total``."""
 
     stage: str
     step: int
@@ -21,7 +23,12 @@ class Progress:
 
 @dataclass(frozen=True)
 class PredictionResult:
-    """What the worker wrote. The arrays are read from disk on first access."""
+    """What the worker wrote. The arrays are read from disk on first access.
+
+    ``camera``: the camera of the depth (fx, fy, cx, cy, width, height, focal_source, focal_35mm, description;
+    :meth:`get_camera` parses it); ``model``: the model's info (name, kind, licence, default_options, demo_model);
+    ``ignored_options``: options sent that this model does not have (MetricGold's, to a one-pass model).
+    """
 
     depth_path: str
     uncertainty_path: str | None
@@ -30,6 +37,13 @@ class PredictionResult:
     depth_max: float | None
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    camera: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
+    ignored_options: tuple[str, ...] = ()
+
+    def get_camera(self) -> Camera | None:
+        """The camera as :class:`~metricgold_engine.core.geometry.Camera`, or None when the worker sent none."""
+        return None if self.camera is None else Camera.from_json(self.camera, "predict result camera")
 
     @functools.cached_property
     def depth(self) -> np.ndarray:
@@ -53,6 +67,9 @@ class PredictionResult:
                 depth_max=None if value.get("depth_max") is None else float(value["depth_max"]),
                 settings=dict(value.get("settings") or {}),
                 seconds=float(value.get("seconds", 0.0)),
+                camera=None if value.get("camera") is None else dict(value["camera"]),
+                model=None if value.get("model") is None else dict(value["model"]),
+                ignored_options=tuple(str(x) for x in value.get("ignored_options") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WorkerError(f"malformed predict result from the worker ({exc!r}): {value!r}") from None
