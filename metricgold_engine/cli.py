@@ -70,6 +70,9 @@ MODEL_OPTION_FLAGS = {
 }
 
 
+PHOTO_FORMATS = "npy,exr,png16,color"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m metricgold_engine", description="MetricGold: monocular metric depth (metres) from one photo."
@@ -108,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the camera's horizontal field of view in degrees (instead of --focal-mm)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
-    p.add_argument("--formats", default="npy,exr,png16,color",
-                   help="comma-separated outputs among npy, exr, png16, color (default: all)")
+    p.add_argument("--formats", default=None,
+                   help="comma-separated outputs among npy, exr, png16, color (default: all for photos, exr for "
+                        "sequences)")
+    add_sequence_arguments(p)
 
     t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random MetricGold checkpoint (tests, CPU demos)")
     t.add_argument("dir")
@@ -192,7 +197,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.demo_model import DEMO_MODEL_NOTE
     from .core.errors import CheckpointError
 
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if is_sequence_request(args):
+        return cmd_predict_sequence(args)
+    formats = [f.strip() for f in (args.formats or PHOTO_FORMATS).split(",") if f.strip()]
     unknown = sorted(set(formats) - {"npy", "exr", "png16", "color"})
     if unknown or not formats:
         print(f"error: --formats: unknown output format(s) {', '.join(unknown) or '(none given)'}; "
@@ -246,6 +253,108 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for item, problem in failures:
         print(f"  failed: {problem if problem.startswith(item) else f'{item}: {problem}'}", file=sys.stderr)
     return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------------------------------- video / sequences
+# (issue 16; format in docs/sequences.md)
+
+
+def _strength(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_sequence_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("video and image sequences (a video file is always one; see docs/sequences.md)")
+    g.add_argument("--sequence", action="store_true",
+                   help="treat each folder or printf pattern (frame_%%04d.png) as the frames of one sequence")
+    g.add_argument("--temporal-strength", dest="denoise_strength", type=_strength, default=None, metavar="S",
+                   help="MetricGold: start each frame from the previous frame's depth noised to S*T "
+                        f"(1 = independent frames; default {DEFAULT_DENOISE_STRENGTH:g})")
+    g.add_argument("--smooth", dest="smoothing_alpha", type=_strength, default=None, metavar="ALPHA",
+                   help="any model: exponential moving average of log depth along the sequence with weight ALPHA "
+                        "on the new frame (default: off)")
+    g.add_argument("--fps", type=_positive_float, default=None, help="frames per second of an image sequence")
+    g.add_argument("--name", default=None, help="output NAME of the sequence (default: the video's stem, the "
+                                                "folder's name or the pattern's prefix)")
+
+
+#: MetricGold's default warm-start strength for sequences (measured in docs/sequences.md).
+DEFAULT_DENOISE_STRENGTH = 1.0
+
+
+def is_sequence_request(args: argparse.Namespace) -> bool:
+    from .sequence import is_sequence_pattern, is_video
+
+    return bool(args.sequence) or any(is_video(item) or is_sequence_pattern(item) for item in args.inputs)
+
+
+def cmd_predict_sequence(args: argparse.Namespace) -> int:
+    """``predict`` for videos and image sequences: each input is one sequence, written as numbered frames."""
+    from tqdm.auto import tqdm
+
+    from .backends import load_estimator
+    from .core.demo_model import DEMO_MODEL_NOTE
+    from .core.errors import CheckpointError
+    from .sequence import check_formats, open_sequence, predict_sequence
+
+    try:
+        formats = check_formats([f.strip() for f in (args.formats or "exr").split(",") if f.strip()])
+        if args.name is not None and len(args.inputs) > 1:
+            raise ValueError("--name: only with one input sequence")
+        sources = [open_sequence(item, fps=args.fps, name=args.name) for item in args.inputs]
+        out_dir = check_output_dir(args.out, args.inputs)
+    except (MetricGoldError, ValueError) as exc:  # before the model loads: a bad input costs milliseconds
+        print(f"error: {exc.message if isinstance(exc, MetricGoldError) else exc}", file=sys.stderr)
+        return 2
+    try:
+        estimator = load_estimator(args.model, device=args.device, dtype=args.dtype)
+        info = estimator.info()
+        defaults = vars(build_parser().parse_args(["predict", "IMAGE", "--out", "OUT"]))
+        options = model_options(args, defaults, list(info.default_options))
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    strength = args.denoise_strength
+    if strength is None:
+        strength = DEFAULT_DENOISE_STRENGTH if info.kind == "metricgold" else 1.0
+    elif strength < 1.0 and info.kind != "metricgold":
+        print(f"error: --temporal-strength is for MetricGold models only ({info.name} is {info.kind}); use --smooth",
+              file=sys.stderr)
+        return 2
+    licence = info.licence or "unknown (no licence in the model card: check before use)"
+    print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
+    if info.demo_model:
+        print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
+              file=sys.stderr)
+    pipeline = getattr(estimator, "pipeline", None)
+    if pipeline is not None:
+        pipeline.set_progress_bar_config(disable=True)
+    failed = 0
+    for frames in sources:
+        bar = tqdm(total=len(frames), desc=frames.name, unit="frame")
+
+        def progress(stage: str, step: int, total: int, bar: Any = bar) -> None:
+            if stage == "frame":
+                bar.update(step - bar.n)
+
+        try:
+            result = predict_sequence(estimator, frames, out_dir, formats=formats, denoise_strength=strength,
+                                      smoothing_alpha=args.smoothing_alpha, fov_deg=args.fov_deg,
+                                      focal_35mm=args.focal_35mm, progress=progress, **options)
+        except Exception as exc:
+            bar.close()
+            failed += 1
+            print(f"error: {frames.path}: {_describe_failure(exc)} (frames already written are kept; run again to "
+                  "resume)", file=sys.stderr)
+            continue
+        bar.close()
+        skipped = f", {len(result.skipped)} already done" if result.skipped else ""
+        print(f"{frames.path}: {len(result.written)} frame(s) written{skipped} as {out_dir / result.depth_pattern} "
+              f"in {result.seconds:.1f} s; camera {result.camera_path}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:

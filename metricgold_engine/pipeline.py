@@ -35,11 +35,14 @@ MAD_TO_STD = 1.4826
 class MetricGoldDepthOutput(BaseOutput):
     """``depth``: float32 metres, HxW. ``uncertainty``: float32 metres, HxW (spread of the ensemble members: their
     standard deviation for ``mean``, 1.4826 x median absolute deviation for ``median``), or None.
-    ``settings``: the JSON-able settings actually used."""
+    ``settings``: the JSON-able settings actually used. ``depth_latent``: the final (clean) depth latent of every
+    ensemble member, [E,C,h,w] float32 on the CPU, to warm-start the next frame of a sequence
+    (``depth_latent_init``)."""
 
     depth: np.ndarray
     uncertainty: np.ndarray | None
     settings: dict[str, Any]
+    depth_latent: torch.Tensor | None = None
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -146,6 +149,8 @@ class MetricGoldPipeline(DiffusionPipeline):
         timestep_spacing: str | None,
         ensemble_reduction: str,
         seed: int | None,
+        denoise_strength: float = 1.0,
+        depth_latent_init: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """Check every option (diffusers' convention: before any work) and fill in the checkpoint's defaults.
         Raises InvalidParams (a ValueError) naming the option."""
@@ -163,6 +168,13 @@ class MetricGoldPipeline(DiffusionPipeline):
             raise InvalidParams(f"ensemble_reduction must be one of {ENSEMBLE_REDUCTIONS}, got {ensemble_reduction!r}")
         if seed is not None:
             _check_int("seed", seed, 0)
+        if (isinstance(denoise_strength, bool) or not isinstance(denoise_strength, (int, float))
+                or not 0.0 < denoise_strength <= 1.0):
+            raise InvalidParams(f"denoise_strength must be a number in (0, 1], got {denoise_strength!r}")
+        if denoise_strength < 1.0 and depth_latent_init is None:
+            raise InvalidParams("denoise_strength < 1 needs depth_latent_init (the latent to start from)")
+        if depth_latent_init is not None and not isinstance(depth_latent_init, torch.Tensor):
+            raise InvalidParams(f"depth_latent_init must be a torch.Tensor, got {type(depth_latent_init).__name__}")
         scheduler = self._scheduler_for(spacing)
         train_steps = scheduler.config.num_train_timesteps
         if steps > train_steps:
@@ -171,8 +183,15 @@ class MetricGoldPipeline(DiffusionPipeline):
         if int(scheduler.timesteps.max()) >= train_steps:  # "leading" + steps_offset can step past the schedule
             raise InvalidParams(f"num_inference_steps={steps} is too many for timestep_spacing '{spacing}'; use "
                                 "fewer steps or 'trailing'")
+        # A warm start runs the last `steps` steps of a `steps / strength`-step schedule: they start near
+        # strength * T and keep the scheduler's own step size (DDIM derives the previous timestep from it).
+        schedule_steps = steps if denoise_strength >= 1.0 else max(steps, round(steps / denoise_strength))
+        if schedule_steps > train_steps:
+            raise InvalidParams(f"num_inference_steps / denoise_strength = {schedule_steps} must be <= {train_steps} "
+                                "(the schedule's length); use fewer steps or a larger denoise_strength")
         return {"num_inference_steps": steps, "ensemble_size": ensemble, "processing_resolution": resolution,
-                "batch_size": batch or ensemble, "timestep_spacing": spacing}
+                "batch_size": batch or ensemble, "timestep_spacing": spacing, "schedule_steps": schedule_steps,
+                "denoise_strength": float(denoise_strength)}
 
     # --------------------------------------------------------------------------------------- inference
 
@@ -191,6 +210,8 @@ class MetricGoldPipeline(DiffusionPipeline):
         output_uncertainty: bool = False,
         ensemble_reduction: str = "median",
         step_callback: Callable[[int, int], None] | None = None,
+        depth_latent_init: torch.Tensor | None = None,
+        denoise_strength: float = 1.0,
     ) -> MetricGoldDepthOutput:
         """Predict metric depth for one image (a path, PIL image or HxWx3 array).
 
@@ -205,11 +226,15 @@ class MetricGoldPipeline(DiffusionPipeline):
             output_uncertainty: also return the ensemble spread (needs ensemble_size > 1).
             ensemble_reduction: "median" (robust, default) or "mean".
             step_callback: ``f(step, total)`` after every denoising step; raising in it aborts the prediction.
+            depth_latent_init / denoise_strength: warm start (SDEdit) for video frames. ``depth_latent_init`` is a
+                clean depth latent ([1 or E, C, h, w], e.g. the previous frame's ``output.depth_latent``), noised
+                with this call's initial noise to t_start ~ denoise_strength * T; the ``num_inference_steps`` DDIM
+                steps then run from t_start to 0. 1.0 (default) starts from pure noise: an independent prediction.
         """
         # 0. Settings: the checkpoint's defaults where not given, all checked before any work
         settings = self.check_inputs(
             num_inference_steps, ensemble_size, processing_resolution, batch_size, timestep_spacing,
-            ensemble_reduction, seed,
+            ensemble_reduction, seed, denoise_strength, depth_latent_init,
         )
         num_inference_steps, ensemble_size = settings["num_inference_steps"], settings["ensemble_size"]
         processing_resolution, batch_size = settings["processing_resolution"], settings["batch_size"]
@@ -228,17 +253,25 @@ class MetricGoldPipeline(DiffusionPipeline):
         image_latent = self.encode_image(rgb.to(device))
         text = self.text_embedding.embedding.to(device=device, dtype=self.unet.dtype)
 
-        # 3. DDIM timesteps
+        # 3. DDIM timesteps (a warm start: the last num_inference_steps of a longer schedule)
         scheduler = self._scheduler_for(timestep_spacing)
-        scheduler.set_timesteps(num_inference_steps, device=device)
+        scheduler.set_timesteps(settings["schedule_steps"], device=device)
+        timesteps = scheduler.timesteps[-num_inference_steps:]
 
         # 4. Initial noise of every member, drawn at once so results do not depend on batch_size
         noise = randn_tensor(
             (ensemble_size, *image_latent.shape[1:]), generator=generator, device=device, dtype=torch.float32
         )
+        if denoise_strength < 1.0:  # SDEdit: the given clean latent, noised to the first timestep run
+            init = depth_latent_init.to(device=device, dtype=torch.float32)
+            if init.ndim != 4 or init.shape[0] not in (1, ensemble_size) or init.shape[1:] != noise.shape[1:]:
+                raise InvalidParams(f"depth_latent_init must have shape [1 or {ensemble_size}, "
+                                    f"{', '.join(map(str, noise.shape[1:]))}] (this image's latent), "
+                                    f"got {list(init.shape)}")
+            noise = scheduler.add_noise(init.expand_as(noise), noise, timesteps[:1].repeat(ensemble_size))
 
         # 5. Denoise: the UNet predicts v from cat(image_latent, depth_latent_t); DDIM steps in float32
-        members = []
+        members, latents = [], []
         total = num_inference_steps * math.ceil(ensemble_size / batch_size)
         step = 0
         with self.progress_bar(total=total) as progress:
@@ -247,7 +280,7 @@ class MetricGoldPipeline(DiffusionPipeline):
                 cond = image_latent.expand(n, -1, -1, -1).to(self.unet.dtype)
                 # A real copy, not a stride-0 view: attention on an expanded tensor runs ~3x slower on the CPU.
                 batch_text = text.repeat(n, 1, 1)
-                for t in scheduler.timesteps:
+                for t in timesteps:
                     unet_input = torch.cat([cond, depth_latent.to(self.unet.dtype)], dim=1)
                     v = self.unet(unet_input, t, encoder_hidden_states=batch_text, return_dict=False)[0]
                     depth_latent = scheduler.step(v.float(), t, depth_latent).prev_sample
@@ -256,6 +289,7 @@ class MetricGoldPipeline(DiffusionPipeline):
                     if step_callback is not None:
                         step_callback(step, total)
                 # 6. Decode with the depth VAE; mean of 3 channels; drop the padding
+                latents.append(depth_latent.float().cpu())
                 members.append(self.decode_depth(depth_latent)[:, :h, :w])
 
         # 7. Metres, then the ensemble reduced in log-depth space
@@ -289,9 +323,11 @@ class MetricGoldPipeline(DiffusionPipeline):
             "depth_normalization": cfg.depth_normalization,
             "device": str(device),
             "dtype": str(self.unet.dtype).replace("torch.", ""),
+            "denoise_strength": float(denoise_strength),
         }
         self.maybe_free_model_hooks()  # diffusers' convention: offloaded models go back to the CPU
-        return MetricGoldDepthOutput(depth=depth, uncertainty=uncertainty, settings=settings)
+        return MetricGoldDepthOutput(depth=depth, uncertainty=uncertainty, settings=settings,
+                                     depth_latent=torch.cat(latents))
 
 
 def ensemble_log_depth(
