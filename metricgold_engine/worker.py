@@ -208,6 +208,7 @@ class WorkerServer:
     # ------------------------------------------------------------------------------------------------- compute
     def _compute_loop(self) -> None:
         handlers: dict[str, Callable[[_Job], Any]] = {protocol.LOAD_MODEL: self._load_model, protocol.PREDICT: self._predict}
+        handlers[protocol.PREDICT_SEQUENCE] = self._predict_sequence
         while True:
             job = self._jobs.get()
             if job is None:
@@ -388,6 +389,62 @@ class WorkerServer:
             "model": info.as_json(),
             "ignored_options": ignored,
         }
+
+
+    # ------------------------------------------------------------------------------------ video / sequences
+    def _predict_sequence(self, job: _Job) -> dict[str, Any]:
+        """Every frame of a video or image sequence (docs/sequences.md): progress per frame, cancel between and
+        within frames (frames already written stay), frames already written are skipped (resume)."""
+        import json
+
+        from .core.errors import InvalidParams
+        from .sequence import open_sequence, predict_sequence
+
+        started = time.perf_counter()
+        params = job.request.params
+        # 1. The input and the output folder, checked before the model loads
+        source = open_sequence(Path(params["source"]).expanduser().absolute(), fps=params["fps"],
+                               name=params["name"])
+        output_dir = Path(params["output_dir"]).expanduser().absolute()
+        _check_writable(output_dir)
+        if self.estimator is None:  # as predict: the built-in demo model when none is loaded
+            from .core.demo_model import DEMO_MODEL_PATH, demo_model_available
+
+            if not demo_model_available():
+                raise ModelNotLoaded(f"no model loaded, and the built-in demo model is not installed "
+                                     f"({DEMO_MODEL_PATH}): send load_model first")
+            self._progress(job, protocol.STAGE_LOAD_MODEL, 0, 1)
+            self.load(None, self.default_device, self.default_dtype)
+            self._progress(job, protocol.STAGE_LOAD_MODEL, 1, 1)
+        info = self.estimator.info()
+        options, ignored = {}, []
+        for name in protocol.PREDICT_OPTIONS:
+            value = params[name]
+            if name in info.default_options:
+                if value is not None:
+                    options[name] = value
+            elif value not in (None, False):
+                ignored.append(name)
+        strength = params["denoise_strength"]
+        if strength is not None and strength < 1.0 and info.kind != "metricgold":
+            raise InvalidParams(f"denoise_strength: the warm start is for MetricGold models only ({info.kind} "
+                                "loaded); use smoothing_alpha")
+
+        # 2. Every frame; progress is where a cancel takes effect (between frames and between denoising steps)
+        def progress(stage: str, step: int, total: int) -> None:
+            job.step = step
+            self._progress(job, stage, step, total)
+            if job.cancel.is_set():
+                raise PredictionCancelled("cancelled")
+
+        result = predict_sequence(
+            self.estimator, source, output_dir, formats=params["formats"],
+            denoise_strength=1.0 if strength is None else strength, smoothing_alpha=params["smoothing_alpha"],
+            fov_deg=params["fov_deg"], focal_35mm=params["focal_35mm"], progress=progress, **options)
+        reply = result.as_json()
+        reply.update(camera=json.loads(result.camera_path.read_text(encoding="utf-8")), model=info.as_json(),
+                     ignored_options=ignored, seconds=time.perf_counter() - started)
+        return reply
 
 
 def _device_and_dtype(estimator: Any) -> tuple[str, str]:

@@ -280,7 +280,7 @@ class WorkerClient:
         ``cancel`` (an object with ``is_set()``, e.g. threading.Event) and ``timeout`` into a `cancel` request."""
         request_id = next(self._ids)
         inbox = conn.register(request_id)
-        is_predict = method == protocol.PREDICT
+        is_predict = method in (protocol.PREDICT, protocol.PREDICT_SEQUENCE)  # what cancel() stops
         answered = False
         if is_predict:
             with self._state_lock:
@@ -303,7 +303,7 @@ class WorkerClient:
                 if deadline is not None and not timed_out and now >= deadline:
                     timed_out = True
                     kill_at = now + CANCEL_GRACE
-                    if method in (protocol.PREDICT, protocol.LOAD_MODEL) and not cancel_sent:
+                    if method in (protocol.PREDICT, protocol.PREDICT_SEQUENCE, protocol.LOAD_MODEL) and not cancel_sent:
                         cancel_sent = self._send_cancel(conn, request_id)
                     if not is_predict:
                         kill_at = now  # nothing else to wait for
@@ -333,7 +333,7 @@ class WorkerClient:
                     raise WorkerTimeout(f"{method} did not finish within {timeout} s and was cancelled")
                 raise error_from_reply(code, text, data)
         finally:
-            if not answered and not conn.dead and method in (protocol.PREDICT, protocol.LOAD_MODEL):
+            if not answered and not conn.dead and method in (protocol.PREDICT, protocol.PREDICT_SEQUENCE, protocol.LOAD_MODEL):
                 # Leaving without an answer (the progress callback raised, Ctrl-C): the worker must not go on.
                 self._send_cancel(conn, request_id)
             conn.unregister(request_id)
@@ -402,6 +402,33 @@ class WorkerClient:
             on_progress=on_progress, cancel=cancel,
         )
         return PredictionResult.from_json(value)
+
+    def predict_sequence(
+        self,
+        source: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: Any = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Depth for every frame of a video, folder of images or printf pattern (``docs/sequences.md``): the worker
+        writes ``<out_dir>/NAME_depth_000001.exr`` ... and ``NAME_camera.json``, skipping frames already written.
+        ``options``: predict's, plus name, formats, denoise_strength, smoothing_alpha, fps. ``on_progress`` gets
+        stage "frame" (step = frames handled, total = frame count) besides each frame's own stages. Returns the
+        worker's result (name, output_dir, camera_path, depth_pattern, frame_count, fps, written, skipped, camera,
+        ...). Raises as :meth:`predict`; a cancelled run keeps the frames it wrote (call again to resume)."""
+        params = dict(options, source=_absolute(source), output_dir=_absolute(out_dir))
+        try:
+            params = protocol.check_params(protocol.PREDICT_SEQUENCE, params)
+        except protocol.ProtocolError as exc:
+            raise TypeError(str(exc).replace("predict_sequence:", "predict_sequence():", 1)) from None
+        result: dict[str, Any] = self._call(
+            protocol.PREDICT_SEQUENCE, params, timeout=timeout, doing=f"predicting the frames of {params['source']}",
+            on_progress=on_progress, cancel=cancel,
+        )
+        return result
 
     def cancel(self) -> None:
         """Cancel every prediction in flight on this client (any thread; returns at once). Each raises

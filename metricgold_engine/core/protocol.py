@@ -51,6 +51,11 @@ STAGE_SAVE = "save"
 STAGE_PREDICT = "predict"  # a one-pass model's (Depth Pro, Depth Anything, ZoeDepth) forward pass, instead of denoise
 STAGES = (STAGE_LOAD_MODEL, STAGE_LOAD_IMAGE, STAGE_DENOISE, STAGE_PREDICT, STAGE_SAVE)
 
+# --- predict_sequence (video and image sequences, docs/sequences.md) ----------------------------------------------
+PREDICT_SEQUENCE = "predict_sequence"
+STAGE_FRAME = "frame"  # predict_sequence: after each frame (written or already done), step = frames handled
+SEQUENCE_FORMATS = ("exr", "npy", "png16", "color")
+
 #: The models' own keyword names that `predict` passes through (None = the model's default). All but
 #: ``flip_average`` (ZoeDepth) are MetricGold's; a model ignores those it does not have (the result lists them).
 PREDICT_OPTIONS = (
@@ -230,6 +235,41 @@ PARAMS: dict[str, dict[str, _Param]] = {
 }
 
 
+def _formats(method: str, name: str, value: Any) -> list[str]:
+    if (not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value)
+            or not set(value) <= set(SEQUENCE_FORMATS)):
+        raise _bad_param(method, name, f"a non-empty list of {', '.join(SEQUENCE_FORMATS)}", value)
+    return list(dict.fromkeys(value))
+
+
+def _fraction_or_null(method: str, name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+        raise _bad_param(method, name, "a number in (0, 1] or null", value)
+    return float(value)
+
+
+def _string_or_null(method: str, name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "/" in value or "\\" in value:
+        raise _bad_param(method, name, "a file name prefix (no folder separators) or null", value)
+    return value
+
+
+PARAMS[PREDICT_SEQUENCE] = {
+    "source": _Param(_path, required=True),  # a video file, a folder of images or a printf pattern
+    "output_dir": _Param(_path, required=True),
+    **{k: v for k, v in PARAMS[PREDICT].items() if k not in ("image", "output_dir")},
+    "name": _Param(_string_or_null),
+    "formats": _Param(_formats, default=["exr"]),
+    "denoise_strength": _Param(_fraction_or_null),  # null: 1.0 (independent frames)
+    "smoothing_alpha": _Param(_fraction_or_null),  # null: off
+    "fps": _Param(_positive_number_or_null),
+}
+
+
 def check_params(method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The cleaned parameters of ``method``, defaults filled in. Raises ProtocolError(INVALID_PARAMS) naming the
     first parameter that is unknown, missing or ill-typed."""
@@ -251,7 +291,7 @@ def check_params(method: str, params: Mapping[str, Any] | None) -> dict[str, Any
             cleaned[name] = param.default
         else:
             cleaned[name] = param.check(method, name, params[name])
-    if method == PREDICT and cleaned["fov_deg"] is not None and cleaned["focal_35mm"] is not None:
+    if method in (PREDICT, PREDICT_SEQUENCE) and cleaned["fov_deg"] is not None and cleaned["focal_35mm"] is not None:
         raise ProtocolError(INVALID_PARAMS, f"{method}: give 'fov_deg' or 'focal_35mm', not both")
     return cleaned
 
