@@ -362,7 +362,7 @@ def _save_state(path: Path, key: str, index: int, log_depth: np.ndarray | None, 
 
     arrays: dict[str, Any] = {"key": np.array(key), "frame": np.array(index)}
     if log_depth is not None:
-        arrays["log_depth"] = log_depth.astype(np.float32)
+        arrays["log_depth"] = log_depth  # float64: a resumed chain equals an uninterrupted one exactly
     if latent is not None:
         arrays["depth_latent"] = latent.float().cpu().numpy()
     with atomic_write(path.with_suffix(".npz")) as tmp:
