@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .core.errors import ImageLoadError, InvalidParams, OutputNotWritable
+from .core.protocol import STAGE_FRAME  # progress after each frame (done or skipped), step = frames handled
 from .image_io import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -37,8 +38,6 @@ SEQUENCE_FORMATS = {
 }
 UNCERTAINTY_FILE = "{name}_uncertainty_{n}.npy"
 DEFAULT_SEQUENCE_FORMATS = ("exr",)
-#: ``progress(stage, step, total)`` stage sent after each frame (done or skipped), step = frames handled so far.
-STAGE_FRAME = "frame"
 
 _PATTERN = re.compile(r"%0?(\d*)d")
 _DIGITS = re.compile(r"(\d+)")

@@ -328,3 +328,15 @@ def test_worker_predict_sequence_progress_cancel_resume(tmp_path, tiny_checkpoin
             worker.predict_sequence(src, out, formats=["gif"])
         with pytest.raises(ImageLoadError, match="missing.mp4"):
             worker.predict_sequence(tmp_path / "missing.mp4", out)
+
+
+def test_protocol_and_engine_agree_on_formats():
+    from metricgold_engine.core import protocol
+    from metricgold_engine.sequence import SEQUENCE_FORMATS
+
+    assert set(protocol.SEQUENCE_FORMATS) == set(SEQUENCE_FORMATS)
+    assert protocol.check_params("predict_sequence", {"source": "a.mp4", "output_dir": "o"})["formats"] == ["exr"]
+    with pytest.raises(protocol.ProtocolError, match="denoise_strength"):
+        protocol.check_params("predict_sequence", {"source": "a.mp4", "output_dir": "o", "denoise_strength": 0})
+    with pytest.raises(protocol.ProtocolError, match="name"):
+        protocol.check_params("predict_sequence", {"source": "a.mp4", "output_dir": "o", "name": "../x"})
