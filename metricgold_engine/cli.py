@@ -199,6 +199,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if is_sequence_request(args):
         return cmd_predict_sequence(args)
+    if sequence_flags_given(args):
+        print(f"error: {', '.join(sequence_flags_given(args))}: only for a video, or with --sequence for a folder or "
+              "pattern of frames", file=sys.stderr)
+        return 2
     formats = [f.strip() for f in (args.formats or PHOTO_FORMATS).split(",") if f.strip()]
     unknown = sorted(set(formats) - {"npy", "exr", "png16", "color"})
     if unknown or not formats:
@@ -289,6 +293,11 @@ def is_sequence_request(args: argparse.Namespace) -> bool:
     from .sequence import is_sequence_pattern, is_video
 
     return bool(args.sequence) or any(is_video(item) or is_sequence_pattern(item) for item in args.inputs)
+
+
+def sequence_flags_given(args: argparse.Namespace) -> list[str]:
+    flags = {"denoise_strength": "--temporal-strength", "smoothing_alpha": "--smooth", "fps": "--fps", "name": "--name"}
+    return [flag for key, flag in flags.items() if getattr(args, key) is not None]
 
 
 def cmd_predict_sequence(args: argparse.Namespace) -> int:

@@ -292,6 +292,7 @@ def test_cli_video_end_to_end(tmp_path, tiny_checkpoint):
     # a folder needs --sequence; a pattern or video does not
     assert cli.is_sequence_request(cli.build_parser().parse_args(["predict", "f_%03d.png", "--out", "o"]))
     assert not cli.is_sequence_request(cli.build_parser().parse_args(["predict", str(tmp_path), "--out", "o"]))
+    assert cli.main(["predict", str(tmp_path), "--out", str(tmp_path / "o2"), "--smooth", "0.5"]) == 2  # photos
 
 
 def test_worker_predict_sequence_progress_cancel_resume(tmp_path, tiny_checkpoint):
