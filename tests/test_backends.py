@@ -320,7 +320,7 @@ def test_hub_id_fetches_configs_first_then_safetensors(tiny_depth_models, tmp_pa
     assert calls == [("acme/metric", ("*.json", "README.md"), False),
                      ("acme/metric", ("*.json", "README.md", "*.safetensors"), False)]
     calls.clear()
-    with pytest.raises(ModelLoadError, match="relative depth"):
+    with pytest.raises(ModelLoadError, match="^acme/relative: this Depth Anything model predicts relative depth"):
         load_estimator("acme/relative")
     assert calls == [("acme/relative", ("*.json", "README.md"), False)]
 

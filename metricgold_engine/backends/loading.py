@@ -35,6 +35,7 @@ _SUPPORTED = ("a MetricGold checkpoint, Depth Pro, Depth Anything V2 metric or Z
 HUB_CONFIG_PATTERNS = ["*.json", "README.md"]
 HUB_WEIGHT_PATTERNS = ["*.safetensors"]
 
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -99,7 +100,10 @@ def fetch_from_hub(repo_id: str) -> Path:
     offline = _hub_offline()
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=HUB_CONFIG_PATTERNS, local_files_only=offline))
-        detect_kind(folder)
+        try:
+            detect_kind(folder)
+        except ModelLoadError as exc:  # name the id the user gave, not the cache folder
+            raise ModelLoadError(exc.message.replace(str(folder), repo_id)) from None
         folder = Path(snapshot_download(repo_id, allow_patterns=HUB_CONFIG_PATTERNS + HUB_WEIGHT_PATTERNS,
                                         local_files_only=offline))
     except GatedRepoError:
