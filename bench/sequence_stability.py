@@ -28,6 +28,7 @@ CONFIGS = {  # name: (denoise_strength, smoothing_alpha)
     "warm0.5": (0.5, None),
     "warm0.25": (0.25, None),
     "smooth0.5": (1.0, 0.5),
+    "smooth0.8": (1.0, 0.8),
     "warm0.5+smooth0.5": (0.5, 0.5),
 }
 
