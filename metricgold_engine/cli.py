@@ -7,6 +7,8 @@
 - ``NAME_depth16.png``      uint16 millimetres (clipped to 1 mm .. 65.535 m; 0 = invalid)
 - ``NAME_depth_color.png``  colour-mapped preview with a legend of the range in metres
 - ``NAME_uncertainty.npy``  float32 metres (ensemble spread), with ``--uncertainty``
+- ``NAME.ply``              with ``--formats ...,ply``: binary PLY point cloud in metres, camera looking down -Z,
+  +Y up (Blender/OpenGL), coloured from the photo (see :mod:`metricgold_engine.core.pointcloud`)
 
 Every file is written to a temporary name and renamed into place. One bad image does not stop the others; the
 summary names each failure, and the exit status is 1 if any image failed, 2 if nothing could run at all.
@@ -23,6 +25,11 @@ from typing import Any
 
 from . import __version__
 from .image_io import IMAGE_SUFFIXES, ImageLoadError, find_images
+
+
+#: Output formats of ``predict``; ``ply`` (a point cloud) is asked for explicitly.
+FORMATS = ("npy", "exr", "png16", "color", "ply")
+DEFAULT_FORMATS = ("npy", "exr", "png16", "color")
 
 
 def _positive_int(text: str) -> int:
@@ -67,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write NAME_uncertainty.npy (needs --ensemble > 1)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
-    p.add_argument("--formats", default="npy,exr,png16,color",
-                   help="comma-separated outputs among npy, exr, png16, color (default: all)")
+    p.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                   help=f"comma-separated outputs among {', '.join(FORMATS)} (default: {','.join(DEFAULT_FORMATS)}); "
+                        "ply = coloured point cloud in metres")
 
     t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random MetricGold checkpoint (tests, CPU demos)")
     t.add_argument("dir")
@@ -113,8 +121,11 @@ def _output_names(images: Sequence[Path]) -> list[str]:
     return names
 
 
-def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[str]) -> list[Path]:
-    """Write one prediction's files (each atomically); returns their paths."""
+def write_prediction(
+    out_dir: Path, name: str, output: Any, formats: Sequence[str], image: Any = None, intrinsics: Any = None
+) -> list[Path]:
+    """Write one prediction's files (each atomically); returns their paths. ``ply`` needs the ``image`` (the photo,
+    for colours and, without ``intrinsics``, its EXIF focal length)."""
     from .core import depth_io
 
     writers = {
@@ -125,6 +136,9 @@ def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[st
     }
     written = []
     for fmt in formats:
+        if fmt == "ply":
+            written.append(write_point_cloud(out_dir / f"{name}.ply", output, image, intrinsics))
+            continue
         filename, writer = writers[fmt]
         writer(out_dir / filename, output.depth)
         written.append(out_dir / filename)
@@ -132,6 +146,24 @@ def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[st
         depth_io.write_depth_npy(out_dir / f"{name}_uncertainty.npy", output.uncertainty)
         written.append(out_dir / f"{name}_uncertainty.npy")
     return written
+
+
+def write_point_cloud(path: Path, output: Any, image: Any, intrinsics: Any = None) -> Path:
+    """``NAME.ply``: the prediction unprojected through ``intrinsics`` (default: the photo's EXIF 35 mm focal
+    length, else the default field of view), coloured by the photo, with the uncertainty when there is one."""
+    import numpy as np
+
+    from .core.geometry import focal_35mm_from_exif, resolve_intrinsics
+    from .core.pointcloud import write_depth_ply
+    from .image_io import load_rgb_image
+
+    depth = np.asarray(output.depth)
+    h, w = depth.shape
+    rgb = np.asarray(load_rgb_image(image), dtype=np.uint8)  # EXIF orientation applied, as for the depth
+    if intrinsics is None:
+        exif_image = image if isinstance(image, (str, Path)) else None
+        intrinsics, _ = resolve_intrinsics(w, h, focal_35mm=focal_35mm_from_exif(exif_image) if exif_image else None)
+    return write_depth_ply(path, depth, intrinsics, rgb=rgb, uncertainty=output.uncertainty)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -142,10 +174,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_pipeline
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = sorted(set(formats) - {"npy", "exr", "png16", "color"})
+    unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         print(f"error: --formats: unknown output format(s) {', '.join(unknown) or '(none given)'}; "
-              "choose among npy, exr, png16, color", file=sys.stderr)
+              f"choose among {', '.join(FORMATS)}", file=sys.stderr)
         return 2
     images, failures = collect_images(args.inputs)
     if not images:
@@ -176,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for image, name in tqdm(list(zip(images, _output_names(images))), desc="images", unit="img"):
         try:
             output = pipe(image, **options)
-            write_prediction(out_dir, name, output, formats)
+            write_prediction(out_dir, name, output, formats, image=image)
             done += 1
         except (ImageLoadError, ValueError, OSError) as exc:
             failures.append((str(image), str(exc)))
