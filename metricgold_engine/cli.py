@@ -169,9 +169,10 @@ def write_point_cloud(path: Path, output: Any, image: Any, intrinsics: Any = Non
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .checkpoint import load_pipeline
     from .core.demo_model import DEMO_MODEL_NOTE
     from .core.errors import CheckpointError
-    from .checkpoint import load_pipeline
+    from .sharding import ShardingError, current_shard, map_sharded
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
@@ -192,32 +193,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: --out {out_dir}: cannot create the output folder ({exc.strerror})", file=sys.stderr)
         return 2
     try:
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-    except (CheckpointError, ValueError) as exc:
+        shard = current_shard()  # this process's part of the images under `accelerate launch`; all of them otherwise
+        pipe = load_pipeline(args.model, device=shard.device(args.device), dtype=args.dtype)
+    except (CheckpointError, ValueError, ShardingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.model is None:
+    if args.model is None and shard.is_main:
         print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
               file=sys.stderr)
-    pipe.set_progress_bar_config(leave=False, desc="denoising")
+    pipe.set_progress_bar_config(leave=False, desc="denoising", disable=shard.count > 1)  # one bar in all
     options = {key: getattr(args, key) for key in (
         "num_inference_steps", "ensemble_size", "processing_resolution", "seed", "timestep_spacing",
         "ensemble_reduction", "batch_size", "output_uncertainty")}
-    done = 0
-    started = time.perf_counter()
-    for image, name in tqdm(list(zip(images, _output_names(images))), desc="images", unit="img"):
+
+    def predict_one(_: int, item: tuple[Path, str]) -> tuple[str, str] | None:
+        image, name = item
         try:
             output = pipe(image, **options)
             write_prediction(out_dir, name, output, formats, image=image)
-            done += 1
+            return None
         except (ImageLoadError, ValueError, OSError) as exc:
-            failures.append((str(image), str(exc)))
             tqdm.write(f"error: {exc}", file=sys.stderr)
+            return (str(image), str(exc))
+
+    started = time.perf_counter()
+    results = map_sharded(list(zip(images, _output_names(images))), predict_one, shard)
     seconds = time.perf_counter() - started
+    failed = [problem for _, problem in results if problem is not None]
+    failures.extend(failed)
+    if not shard.is_main:  # the main process reports for all
+        return 1 if failures else 0
+    done = len(results) - len(failed)
+    on = f" by {shard.count} processes" if shard.count > 1 else ""
     if failures:
-        print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s; {len(failures)} failed:", file=sys.stderr)
+        print(f"{done} image(s) written to {out_dir}{on} in {seconds:.1f} s; {len(failures)} failed:",
+              file=sys.stderr)
     else:
-        print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s", file=sys.stderr)
+        print(f"{done} image(s) written to {out_dir}{on} in {seconds:.1f} s", file=sys.stderr)
     for item, problem in failures:
         print(f"  failed: {problem if problem.startswith(item) else f'{item}: {problem}'}", file=sys.stderr)
     return 1 if failures else 0
