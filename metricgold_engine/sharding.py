@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from .core.errors import MetricGoldError
 
 __all__ = ["Shard", "ShardingError", "current_shard", "map_sharded"]
 
 T = TypeVar("T")
 
 
-class ShardingError(RuntimeError):
+class ShardingError(MetricGoldError, RuntimeError):
     """Several processes were asked for but cannot be set up (accelerate missing, rendezvous failed)."""
 
 
@@ -149,10 +150,3 @@ def map_sharded(
     if [i for i, _ in gathered] != list(range(n)):  # a shard lost or counted twice would silently skew results
         raise ShardingError(f"gathered {len(gathered)} results for {n} items from {shard.count} processes")
     return gathered
-
-
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    """``(fn(), seconds)``."""
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start

@@ -83,3 +83,30 @@ def test_two_process_predict_writes_the_same_bytes_as_one(tiny_checkpoint: Path,
     assert len(runs[1]) == 5 * 4  # depth npy, png16, ply, uncertainty
     assert runs[2].keys() == runs[1].keys()
     assert all(runs[2][name] == runs[1][name] for name in runs[1]), "2-process files differ from 1-process files"
+
+
+@pytest.mark.slow
+def test_two_process_eval_gives_the_numbers_of_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import json
+
+    from fixtures_data import make_nyuv2
+    from metricgold_engine.tiny_models import make_tiny_checkpoint
+
+    make_nyuv2(tmp_path / "nyu", n=3)  # shards of 2 and 1 images
+    other = make_tiny_checkpoint(tmp_path / "tiny-seed1", seed=1)
+    tables = {}
+    for processes in (1, 2):
+        out = tmp_path / f"res{processes}"
+        result = launch(["trainer", "eval", "--model", str(tiny_checkpoint), "--model", str(other), "--dataset",
+                         "nyuv2", "--data-root", str(tmp_path / "nyu"), "--steps", "1", "--ensemble", "1",
+                         "--resolution", "32", "--device", "cpu", "--dtype", "float32", "--out", str(out)],
+                        processes)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count("Metric depth as predicted") == 1  # printed by the main process only
+        tables[processes] = json.loads((out / "metrics.json").read_text())
+    one, two = tables[1], tables[2]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for a, b in zip(one["models"], two["models"], strict=True):
+        assert a["model"] == b["model"]
+        assert a["metrics"] == b["metrics"]  # exactly: the same per-image numbers averaged in the same order
+        assert [(r["name"], r["metrics"]) for r in a["per_image"]] == [(r["name"], r["metrics"]) for r in b["per_image"]]
