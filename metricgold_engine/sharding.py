@@ -54,7 +54,7 @@ class Shard:
         process must make it, the same number of times."""
         if self.count == 1:
             return list(items)
-        from accelerate.utils import gather_object
+        from accelerate.utils import gather_object  # type: ignore[import-untyped]
 
         return list(gather_object(list(items)))
 
@@ -102,7 +102,7 @@ def current_shard() -> Shard:
         _CURRENT = Shard()
         return _CURRENT
     try:
-        from accelerate import PartialState
+        from accelerate import PartialState  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ShardingError(
             f"WORLD_SIZE={world}: running over several processes needs accelerate (pip install accelerate, or "

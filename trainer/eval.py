@@ -49,7 +49,7 @@ from trainer.data.evalsets import DATASETS, EvalSample, open_eval_set
 
 logger = logging.getLogger(__name__)
 
-Predictor = Callable[[np.ndarray], Any]
+Predictor = Callable[..., Any]  # predict(rgb) or, with known_focal, predict(rgb, focal_px=...)
 
 
 class EvalSet(Protocol):
