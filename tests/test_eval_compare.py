@@ -102,3 +102,73 @@ def test_bad_model_names_fail_before_any_work(tmp_path: Path, capsys: pytest.Cap
     assert run_eval(["--model", str(tmp_path), "--model", str(tmp_path), "--dataset", "nyuv2",
                      "--data-root", str(tmp_path / "nyu")]) == 2
     assert "given twice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_metricgold_and_a_transformers_model_in_one_table(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A tiny random Depth Anything V2 metric model beside a MetricGold one: its row equals transformers' own
+    depth (processor -> model -> post_process_depth_estimation at the photo's size), scored here."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    from metricgold_engine.backends.tiny import make_tiny_depth_model
+
+    da = make_tiny_depth_model(tmp_path / "tiny-da", "depth_anything", seed=0, licence="apache-2.0")
+    make_nyuv2(tmp_path / "nyu", n=2)
+    out = tmp_path / "results"
+    assert run_eval(["--model", str(tiny_checkpoint), "--model", str(da), "--dataset", "nyuv2", "--data-root",
+                     str(tmp_path / "nyu"), "--out", str(out)]) == 0
+    data = json.loads((out / "metrics.json").read_text())
+    mg, other = data["models"]
+    assert (mg["kind"], other["kind"], other["licence"]) == ("metricgold", "depth_anything", "apache-2.0")
+    assert other["options"] == {}  # MetricGold's --steps etc. are not given to other backends
+
+    processor = AutoImageProcessor.from_pretrained(da)
+    model = AutoModelForDepthEstimation.from_pretrained(da).eval()
+    dataset = open_eval_set("nyuv2", tmp_path / "nyu")
+    rows = []
+    for i in range(len(dataset)):
+        s = dataset[i]
+        with torch.no_grad():
+            outputs = model(**processor(images=s.rgb, return_tensors="pt"))
+        pred = processor.post_process_depth_estimation(outputs, target_sizes=[s.depth.shape])[0]["predicted_depth"]
+        gt = s.depth.astype(np.float64)
+        mask = (gt > 1e-3) & (gt < 10.0) & eval_crop_mask(gt.shape, "nyu_eigen")
+        rows.append(compute_depth_metrics(np.clip(pred.numpy(), 1e-3, 10.0), gt, mask))
+    reference = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_NAMES}
+    assert other["metrics"] == pytest.approx(reference, rel=1e-4)  # float32 resampling paths may differ slightly
+    md = (out / "metrics.md").read_text()
+    assert f"| {da} | depth_anything | apache-2.0 |" in md
+
+
+def test_known_focal_reaches_the_model_and_options_only_metricgold(tmp_path: Path) -> None:
+    """--known-focal passes the split file's focal length; MetricGold options go to MetricGold models only."""
+    from metricgold_engine.backends.base import DepthPrediction, ModelInfo
+    from trainer.eval import evaluate_models
+
+    make_kitti(tmp_path / "kitti", n=2)
+    dataset = open_eval_set("kitti", tmp_path / "kitti")
+    calls: list[tuple[str, float | None, dict]] = []
+
+    class Fake:
+        def __init__(self, name: str, kind: str) -> None:
+            self.name, self.kind = name, kind
+
+        def predict(self, image, *, focal_px=None, **options):
+            calls.append((self.name, focal_px, options))
+            return DepthPrediction(depth=np.full(image.shape[:2], 10.0, np.float32))
+
+        def info(self) -> ModelInfo:
+            return ModelInfo(name=self.name, kind=self.kind)
+
+    def loader(model: str, device: str, dtype: str):
+        return Fake(model, "metricgold" if model == "mg" else "depth_pro")
+
+    result = evaluate_models(["mg", "pro"], dataset, options={"num_inference_steps": 3, "seed": 0,
+                                                                "ensemble_size": None},
+                             known_focal=True, progress=False, loader=loader)
+    assert calls == [("mg", 721.5377, {"num_inference_steps": 3, "seed": 0})] * 2 + [("pro", 721.5377, {})] * 2
+    assert result["models"][0]["metrics"] == result["models"][1]["metrics"]  # same constant answer, same score
+    calls.clear()
+    evaluate_models(["pro"], dataset, progress=False, loader=loader)
+    assert [focal for _, focal, _ in calls] == [None, None]  # without --known-focal the model estimates it

@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -193,49 +192,26 @@ def estimator_predictor(estimator: Any, options: dict[str, Any]) -> Callable[...
 
 
 def _load_estimator(model: str, device: str, dtype: str) -> Any:
-    try:
-        from metricgold_engine.backends import load_estimator  # type: ignore[attr-defined]
-    except ImportError:  # TEMPORARY until the backends land (issue 12a): MetricGold checkpoints only
-        return _PipelineEstimator(model, device, dtype)
+    from metricgold_engine.backends import load_estimator
+
     return load_estimator(model, device=device, dtype=dtype)
-
-
-class _PipelineEstimator:
-    """TEMPORARY stand-in for the MetricGold backend (issue 12a), removed when it lands."""
-
-    def __init__(self, model: str, device: str, dtype: str) -> None:
-        from metricgold_engine.checkpoint import load_pipeline
-
-        self.pipeline = load_pipeline(model, device=device, dtype=dtype)
-        self.name = model
-
-    def predict(self, image: Any, *, focal_px: float | None = None, **options: Any) -> Any:
-        from PIL import Image
-
-        return self.pipeline(Image.fromarray(image), **{k: v for k, v in options.items() if v is not None})
-
-    def info(self) -> Any:
-        from metricgold_engine.backends.base import ModelInfo
-
-        return ModelInfo(name=self.name, kind="metricgold")
 
 
 #: The options ``eval`` passes to MetricGold models (other backends run with their own defaults).
 METRICGOLD_EVAL_OPTIONS = {"steps": "num_inference_steps", "ensemble": "ensemble_size",
                            "resolution": "processing_resolution", "seed": "seed"}
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def check_model_names(models: Sequence[str]) -> None:
     """Fail before hours of evaluation, not at the third model: each ``--model`` is an existing folder or looks
     like a Hub id (``org/name``); the same model twice is refused."""
+    from metricgold_engine.backends.loading import is_hub_id
+
     seen = set()
     for model in models:
         if model in seen:
             raise ValueError(f"--model {model} is given twice")
         seen.add(model)
-        if not Path(model).exists() and not _HUB_ID.match(model):
+        if not Path(model).exists() and not is_hub_id(model):
             raise ValueError(f"--model {model}: no such folder (and not a Hub id of the form org/name)")
 
 
