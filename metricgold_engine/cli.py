@@ -194,7 +194,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     try:
         shard = current_shard()  # this process's part of the images under `accelerate launch`; all of them otherwise
-        pipe = load_pipeline(args.model, device=shard.device(args.device), dtype=args.dtype)
+        with shard.main_first():  # a Hub id is downloaded once
+            pipe = load_pipeline(args.model, device=shard.device(args.device), dtype=args.dtype)
     except (CheckpointError, ValueError, ShardingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

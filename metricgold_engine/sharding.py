@@ -15,9 +15,10 @@ one shard holding everything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,6 +70,16 @@ class Shard:
         if requested in ("cuda", "xpu") and own.startswith(requested):
             return own
         return requested
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Run the body on the main process first, then on the others (a Hub download happens once, the others
+        then read the cache)."""
+        if self.count > 1 and self.state is not None:
+            with self.state.main_process_first():
+                yield
+        else:
+            yield
 
     def wait(self) -> None:
         """Block until every process gets here."""

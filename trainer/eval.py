@@ -238,7 +238,8 @@ def evaluate_models(
     comparison: dict[str, Any] = {"dataset": dataset.name, "models": []}
     for model in models:
         start = time.perf_counter()
-        estimator = loader(model, shard.device(device), dtype)
+        with shard.main_first():  # a Hub id is downloaded once
+            estimator = loader(model, shard.device(device), dtype)
         load_seconds = time.perf_counter() - start
         info = estimator.info()
         pipeline = getattr(estimator, "pipeline", None)
