@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch==2.13.0 first: on this project's machines pip takes the CPU build from local disk (an unpinned torch would
-# pull a multi-GB CUDA build); the package's own `torch>=2.4` is then already satisfied.
+# torch and torchvision first, as a pair that imports together: on this project's machines pip takes both from local
+# disk for Python 3.11 (a CUDA build of ~5.5 GB that runs on the CPU; PyPI's torchvision fails to import beside the
+# torch 2.13.0 CPU file). The package's own `torch>=2.4` / `torchvision` ranges are then already satisfied.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -36,3 +36,13 @@ def tiny_pipeline(tiny_checkpoint: Path):
     pipe = load_pipeline(tiny_checkpoint, device="cpu", dtype="float32")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_depth_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random transformers depth models, one folder per kind (see metricgold_engine.backends.tiny): Depth Pro,
+    Depth Anything metric and relative, ZoeDepth. Saved with save_pretrained, model and image processor."""
+    from metricgold_engine.backends.tiny import TINY_KINDS, make_tiny_depth_model
+
+    root = tmp_path_factory.mktemp("depth-models")
+    return {kind: make_tiny_depth_model(root / kind, kind, seed=0) for kind in TINY_KINDS}
