@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import CheckpointError
 from .base import DepthEstimator
 
 #: ``config.json`` ``model_type`` -> backend kind.
@@ -36,8 +37,9 @@ HUB_WEIGHT_PATTERNS = ["*.safetensors"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ModelLoadError(ValueError):
-    """A model could not be found, fetched or used; the message is one line naming the model and what to do."""
+class ModelLoadError(CheckpointError):
+    """A model could not be found, fetched or used; the message is one line naming the model and what to do.
+    (A :class:`CheckpointError`: the worker answers it with MODEL_LOAD_FAILED, the CLI prints it.)"""
 
 
 def _read_json(path: Path) -> dict[str, Any]:

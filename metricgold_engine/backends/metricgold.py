@@ -41,10 +41,11 @@ class MetricGoldEstimator(DepthEstimator):
         licence: str | None = None,
     ) -> MetricGoldEstimator:
         """Load a MetricGold checkpoint folder (None: the built-in demo model), checked as ``load_pipeline`` does."""
-        from ..model import DEMO_MODEL_PATH, load_pipeline, resolve_model_path
+        from ..checkpoint import load_pipeline
+        from ..core.demo_model import is_demo_model, resolve_model_path
 
         root = resolve_model_path(path)
-        demo = root.resolve() == DEMO_MODEL_PATH.resolve()
+        demo = is_demo_model(root)
         pipe = load_pipeline(root, device=device, dtype=dtype)
         if licence is None:
             from .loading import read_licence

@@ -61,7 +61,7 @@ class TransformersDepthEstimator(DepthEstimator):
         import transformers
         from transformers import AutoImageProcessor
 
-        from ..model import pick_device, pick_dtype
+        from ..devices import pick_device, pick_dtype
         from .loading import ModelLoadError
 
         root = Path(folder)
