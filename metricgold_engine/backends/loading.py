@@ -14,8 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CheckpointError
 from .base import DepthEstimator
+from .card import read_licence
+from .errors import ModelLoadError
 
 #: ``config.json`` ``model_type`` -> backend kind.
 TRANSFORMERS_KINDS = {"depth_pro": "depth_pro", "depth_anything": "depth_anything", "zoedepth": "zoedepth"}
@@ -35,11 +36,6 @@ HUB_CONFIG_PATTERNS = ["*.json", "README.md"]
 HUB_WEIGHT_PATTERNS = ["*.safetensors"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class ModelLoadError(CheckpointError):
-    """A model could not be found, fetched or used; the message is one line naming the model and what to do.
-    (A :class:`CheckpointError`: the worker answers it with MODEL_LOAD_FAILED, the CLI prints it.)"""
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -82,31 +78,6 @@ def detect_kind(folder: str | os.PathLike[str]) -> str:
         return kind
     raise ModelLoadError(f"{root}: neither model_index.json (MetricGold) nor config.json (transformers) found; "
                          f"not a model folder")
-
-
-def read_licence(folder: str | os.PathLike[str]) -> str | None:
-    """The licence in the model card's metadata (``README.md`` YAML front matter ``license:``, with
-    ``license_name:`` when the licence is ``other``), or None when the folder has no such card."""
-    readme = Path(folder) / "README.md"
-    if not readme.is_file():
-        return None
-    import yaml  # huggingface_hub's own dependency, which parses the card's front matter with it
-    from huggingface_hub import metadata_load
-
-    try:
-        meta = metadata_load(readme) or {}
-    except (ValueError, UnicodeDecodeError, OSError, yaml.YAMLError):
-        return None  # a card without readable metadata says nothing about the licence
-    licence = meta.get("license")
-    if isinstance(licence, list):
-        licence = ", ".join(str(x) for x in licence)
-    if licence is None:
-        return None
-    licence = str(licence)
-    name = meta.get("license_name")
-    if licence == "other" and name:
-        return str(name)
-    return licence
 
 
 def is_hub_id(model: str | os.PathLike[str]) -> bool:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from .base import DepthEstimator, DepthPrediction, ModelInfo, ProgressCallback
+from .card import read_licence
 
 #: The pipeline's options a caller may set; everything else is refused (a typo must not be silently ignored).
 METRICGOLD_OPTIONS = (
@@ -48,8 +49,6 @@ class MetricGoldEstimator(DepthEstimator):
         demo = is_demo_model(root)
         pipe = load_pipeline(root, device=device, dtype=dtype)
         if licence is None:
-            from .loading import read_licence
-
             licence = read_licence(root) or (DEMO_MODEL_LICENCE if demo else None)
         return cls(pipe, name or ("demo model" if demo else str(path)), licence=licence, demo_model=demo)
 

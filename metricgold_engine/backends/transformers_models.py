@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .base import DepthEstimator, DepthPrediction, ModelInfo, ProgressCallback
+from .errors import ModelLoadError
 
 #: kind -> transformers model class name.
 MODEL_CLASSES = {
@@ -62,7 +63,6 @@ class TransformersDepthEstimator(DepthEstimator):
         from transformers import AutoImageProcessor
 
         from ..devices import pick_device, pick_dtype
-        from .loading import ModelLoadError
 
         root = Path(folder)
         if kind not in MODEL_CLASSES:

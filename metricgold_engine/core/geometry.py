@@ -25,15 +25,21 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_HORIZONTAL_FOV_DEG",
+    "FOCAL_SOURCES",
     "FULL_FRAME_DIAGONAL_MM",
+    "Camera",
+    "ExifFocal",
     "GridMesh",
     "Intrinsics",
     "build_grid_mesh",
     "discontinuity_face_mask",
+    "exif_focal",
     "focal_35mm_from_exif",
+    "focal_from_exif_tags",
     "grid_edges",
     "grid_faces",
     "pixel_uvs",
+    "resolve_camera",
     "resolve_intrinsics",
     "same_aspect",
     "subsample_indices",
@@ -116,12 +122,86 @@ class Intrinsics:
                        width=cols, height=rows)
 
 
-def focal_35mm_from_exif(image: Any) -> float | None:
-    """EXIF ``FocalLengthIn35mmFilm`` (tag 0xA405) of an image path or PIL image, or None when absent.
+#: Where a camera's focal length came from, in order of precedence: a value the user typed, the photo's EXIF, the
+#: model's own estimate (Depth Pro), the default field of view.
+FOCAL_SOURCES = ("user", "exif", "model", "default")
 
-    The plain ``FocalLength`` tag is not used: without the sensor size it says nothing about the field of view.
-    Returns None when Pillow is not installed (Blender's Python), so callers fall back to a field of view.
+#: EXIF Orientation values 5-8 turn the stored image by 90 degrees for display: its width and height swap.
+EXIF_ORIENTATIONS_SWAPPING_AXES = frozenset({5, 6, 7, 8})
+#: FocalPlaneResolutionUnit -> millimetres: 2 (inch) and 3 (cm) are the standard's; some cameras write 4 (mm), 5 (um).
+_FOCAL_PLANE_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+_EXIF_IFD = 0x8769  # the Exif sub-IFD, where the camera tags live
+_ORIENTATION = 0x0112
+_FOCAL_LENGTH, _FOCAL_35MM = 0x920A, 0xA405
+_PLANE_X, _PLANE_Y, _PLANE_UNIT = 0xA20E, 0xA20F, 0xA210
+_PIXEL_X, _PIXEL_Y = 0xA002, 0xA003
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)  # ints, floats and Pillow's IFDRational alike
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+@dataclass(frozen=True)
+class ExifFocal:
+    """The focal length a photo's EXIF gives, in pixels of the photo as displayed (EXIF orientation applied), which
+    is ``width`` x ``height``. ``focal_35mm``: the 35 mm equivalent; ``tags``: which tags it came from."""
+
+    fx: float
+    fy: float
+    width: int
+    height: int
+    focal_35mm: float
+    tags: str
+
+    @classmethod
+    def from_35mm(cls, width: int, height: int, focal_35mm: float, tags: str = "FocalLengthIn35mmFilm") -> ExifFocal:
+        k = Intrinsics.from_focal_35mm(width, height, focal_35mm)
+        return cls(k.fx, k.fy, int(width), int(height), float(focal_35mm), tags)
+
+
+def focal_from_exif_tags(
+    tags: Any, stored_width: int, stored_height: int, orientation: int = 1
+) -> ExifFocal | None:
+    """The focal length in the EXIF sub-IFD ``tags`` (a mapping tag number -> value) of an image stored
+    ``stored_width`` x ``stored_height``, for the photo as displayed after EXIF ``orientation``; None if unknown.
+
+    ``FocalLengthIn35mmFilm`` first; else ``FocalLength`` (mm) with the sensor's pixel density
+    ``FocalPlaneX/YResolution`` per ``FocalPlaneResolutionUnit`` (pixels of the image the camera wrote,
+    ``PixelX/YDimension``, so a resized copy is scaled). A bare ``FocalLength`` says nothing about the field of view
+    without the sensor size, and gives None.
     """
+    swap = orientation in EXIF_ORIENTATIONS_SWAPPING_AXES
+    width, height = (stored_height, stored_width) if swap else (stored_width, stored_height)
+    focal_35mm = _positive(tags.get(_FOCAL_35MM))
+    if focal_35mm is not None:
+        return ExifFocal.from_35mm(width, height, focal_35mm, f"EXIF FocalLengthIn35mmFilm {focal_35mm:g} mm")
+    focal_mm, x_res = _positive(tags.get(_FOCAL_LENGTH)), _positive(tags.get(_PLANE_X))
+    try:
+        unit_mm = _FOCAL_PLANE_UNIT_MM.get(int(tags.get(_PLANE_UNIT, 2)))
+    except (TypeError, ValueError):
+        unit_mm = None
+    if focal_mm is None or x_res is None or unit_mm is None:
+        return None
+    y_res = _positive(tags.get(_PLANE_Y)) or x_res
+    written_w, written_h = _positive(tags.get(_PIXEL_X)), _positive(tags.get(_PIXEL_Y))
+    scale_x = stored_width / written_w if written_w else 1.0
+    scale_y = stored_height / written_h if written_h else scale_x
+    fx_stored = focal_mm * x_res / unit_mm * scale_x  # mm x pixels per mm = pixels
+    fy_stored = focal_mm * y_res / unit_mm * scale_y
+    fx, fy = (fy_stored, fx_stored) if swap else (fx_stored, fy_stored)
+    focal_35mm = 0.5 * (fx + fy) * FULL_FRAME_DIAGONAL_MM / math.hypot(width, height)
+    sensor_mm = stored_width / scale_x / (x_res / unit_mm)
+    return ExifFocal(fx, fy, int(width), int(height), focal_35mm,
+                     f"EXIF FocalLength {focal_mm:g} mm on a {sensor_mm:.4g} mm wide sensor")
+
+
+def exif_focal(image: Any) -> ExifFocal | None:
+    """The EXIF focal length of an image path or PIL image (see :func:`focal_from_exif_tags`), or None when absent,
+    unreadable, or when Pillow is not installed (Blender's Python: the worker reads it there)."""
     try:
         from PIL import Image
     except ImportError:
@@ -129,17 +209,115 @@ def focal_35mm_from_exif(image: Any) -> float | None:
     try:
         if isinstance(image, (str, os.PathLike)):
             with Image.open(image) as im:
-                exif = im.getexif()
+                exif, size = im.getexif(), im.size
         else:
-            exif = image.getexif()
-        value = exif.get_ifd(0x8769).get(0xA405)  # Exif sub-IFD, FocalLengthIn35mmFilm
+            exif, size = image.getexif(), image.size
+        tags = exif.get_ifd(_EXIF_IFD)
+        orientation = exif.get(_ORIENTATION, 1)
     except (OSError, AttributeError, ValueError, SyntaxError):
         return None
     try:
-        focal = float(value) if value is not None else None
+        orientation = int(orientation)
     except (TypeError, ValueError):
-        return None
-    return focal if focal and focal > 0 else None
+        orientation = 1
+    return focal_from_exif_tags(tags, size[0], size[1], orientation)
+
+
+def focal_35mm_from_exif(image: Any) -> float | None:
+    """The 35 mm equivalent focal length in an image's EXIF (see :func:`exif_focal`), or None."""
+    found = exif_focal(image)
+    return None if found is None else found.focal_35mm
+
+
+@dataclass(frozen=True)
+class Camera:
+    """The camera of a photo: intrinsics and where the focal length came from (one of :data:`FOCAL_SOURCES`).
+
+    Its JSON (``as_json``) is what the worker returns with a prediction and what the CLI writes to
+    ``NAME_camera.json``; Blender builds its camera from it (``from_json``), with no Pillow there.
+    """
+
+    intrinsics: Intrinsics
+    focal_source: str
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.focal_source not in FOCAL_SOURCES:
+            raise ValueError(f"focal_source must be one of {FOCAL_SOURCES}, got {self.focal_source!r}")
+
+    @property
+    def focal_35mm(self) -> float:
+        k = self.intrinsics
+        return 0.5 * (k.fx + k.fy) * FULL_FRAME_DIAGONAL_MM / math.hypot(k.width, k.height)
+
+    def as_json(self) -> dict[str, Any]:
+        k = self.intrinsics
+        return {"fx": float(k.fx), "fy": float(k.fy), "cx": float(k.cx), "cy": float(k.cy), "width": int(k.width),
+                "height": int(k.height), "focal_source": self.focal_source, "focal_35mm": self.focal_35mm,
+                "description": self.description}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "camera") -> Camera:
+        """Parse :meth:`as_json`'s dict; a missing or bad field raises ValueError naming ``where`` and the field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected an object with fx, fy, cx, cy, width, height, focal_source")
+        values: dict[str, Any] = {}
+        for name in ("fx", "fy", "cx", "cy", "width", "height"):
+            value = data.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{where}.{name}: expected a number, got {value!r}")
+            values[name] = value
+        for name in ("width", "height"):
+            if int(values[name]) != values[name]:
+                raise ValueError(f"{where}.{name}: expected an integer, got {values[name]!r}")
+            values[name] = int(values[name])
+        try:
+            k = Intrinsics(**values)
+            return cls(k, str(data.get("focal_source")), str(data.get("description", "")))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
+def resolve_camera(
+    width: int,
+    height: int,
+    *,
+    intrinsics: Intrinsics | tuple[float, float, float, float] | None = None,
+    fov_deg: float | None = None,
+    focal_35mm: float | None = None,
+    exif: ExifFocal | None = None,
+    model_focal_px: float | None = None,
+) -> Camera:
+    """The camera of an image ``width`` x ``height``. Precedence: what the user gave (explicit ``intrinsics`` >
+    horizontal ``fov_deg`` > 35 mm equivalent ``focal_35mm``) > the photo's ``exif`` focal > the model's estimate
+    ``model_focal_px`` (pixels of an image ``width`` wide) > the default field of view.
+
+    Intrinsics or an EXIF focal given for another size of the same photo are rescaled to ``width`` x ``height``.
+    """
+    if intrinsics is not None:
+        if isinstance(intrinsics, Intrinsics):
+            k = intrinsics if (intrinsics.width, intrinsics.height) == (width, height) else intrinsics.scaled(
+                width, height)
+        else:
+            fx, fy, cx, cy = (float(x) for x in intrinsics)
+            k = Intrinsics(fx, fy, cx, cy, int(width), int(height))
+        return Camera(k, "user", f"intrinsics fx={k.fx:.2f} fy={k.fy:.2f} cx={k.cx:.2f} cy={k.cy:.2f}")
+    if fov_deg is not None:
+        return Camera(Intrinsics.from_fov(width, height, fov_deg), "user",
+                      f"horizontal field of view {fov_deg:g} degrees (given)")
+    if focal_35mm is not None:
+        return Camera(Intrinsics.from_focal_35mm(width, height, focal_35mm), "user",
+                      f"focal length {focal_35mm:g} mm, 35 mm equivalent (given)")
+    if exif is not None:
+        sx, sy = width / exif.width, height / exif.height
+        k = Intrinsics(exif.fx * sx, exif.fy * sy, (width - 1) / 2.0, (height - 1) / 2.0, int(width), int(height))
+        return Camera(k, "exif", f"{exif.tags} ({exif.focal_35mm:.3g} mm, 35 mm equivalent)")
+    if model_focal_px is not None:
+        f = float(model_focal_px)
+        k = Intrinsics(f, f, (width - 1) / 2.0, (height - 1) / 2.0, int(width), int(height))
+        return Camera(k, "model", f"the model's estimate, {k.horizontal_fov_deg:.1f} degrees horizontal field of view")
+    return Camera(Intrinsics.from_fov(width, height, DEFAULT_HORIZONTAL_FOV_DEG), "default",
+                  f"default horizontal field of view {DEFAULT_HORIZONTAL_FOV_DEG:g} degrees")
 
 
 def resolve_intrinsics(
@@ -152,25 +330,13 @@ def resolve_intrinsics(
 ) -> tuple[Intrinsics, str]:
     """Pick intrinsics for an image: explicit (fx, fy, cx, cy) > field of view > EXIF 35 mm focal > default FOV.
 
-    Returns the intrinsics and a short description of where they came from (for reports).
-    Explicit intrinsics given for another image size are rescaled to ``width`` x ``height``.
+    ``focal_35mm`` here is the photo's EXIF value (:func:`focal_35mm_from_exif`). Returns the intrinsics and a short
+    description of where they came from (for reports); :func:`resolve_camera` is the full version.
     """
-    if intrinsics is not None:
-        if isinstance(intrinsics, Intrinsics):
-            k = intrinsics if (intrinsics.width, intrinsics.height) == (width, height) else intrinsics.scaled(
-                width, height)
-        else:
-            fx, fy, cx, cy = (float(x) for x in intrinsics)
-            k = Intrinsics(fx, fy, cx, cy, int(width), int(height))
-        return k, f"intrinsics fx={k.fx:.2f} fy={k.fy:.2f} cx={k.cx:.2f} cy={k.cy:.2f}"
-    if fov_deg is not None:
-        return Intrinsics.from_fov(width, height, fov_deg), f"horizontal field of view {fov_deg:g} degrees"
-    if focal_35mm is not None:
-        return Intrinsics.from_focal_35mm(width, height, focal_35mm), f"EXIF focal length {focal_35mm:g} mm (35 mm eq.)"
-    return (
-        Intrinsics.from_fov(width, height, DEFAULT_HORIZONTAL_FOV_DEG),
-        f"default horizontal field of view {DEFAULT_HORIZONTAL_FOV_DEG:g} degrees",
-    )
+    exif = None if focal_35mm is None else ExifFocal.from_35mm(
+        width, height, focal_35mm, f"EXIF focal length {focal_35mm:g} mm")
+    camera = resolve_camera(width, height, intrinsics=intrinsics, fov_deg=fov_deg, exif=exif)
+    return camera.intrinsics, camera.description
 
 
 def same_aspect(width: int, height: int, depth_shape: tuple[int, ...], tolerance: float = 0.01) -> bool:
