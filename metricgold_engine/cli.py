@@ -149,11 +149,12 @@ def write_prediction(
 
 
 def write_point_cloud(path: Path, output: Any, image: Any, intrinsics: Any = None) -> Path:
-    """``NAME.ply``: the prediction unprojected through ``intrinsics`` (default: the photo's EXIF 35 mm focal
-    length, else the default field of view), coloured by the photo, with the uncertainty when there is one."""
+    """``NAME.ply``: the prediction unprojected through ``intrinsics`` (default: the photo's camera, EXIF focal length
+    > the model's estimate > the default field of view), coloured by the photo, with the uncertainty when there is
+    one."""
     import numpy as np
 
-    from .core.geometry import focal_35mm_from_exif, resolve_intrinsics
+    from .core.geometry import exif_focal, resolve_camera
     from .core.pointcloud import write_depth_ply
     from .image_io import load_rgb_image
 
@@ -161,8 +162,8 @@ def write_point_cloud(path: Path, output: Any, image: Any, intrinsics: Any = Non
     h, w = depth.shape
     rgb = np.asarray(load_rgb_image(image), dtype=np.uint8)  # EXIF orientation applied, as for the depth
     if intrinsics is None:
-        exif_image = image if isinstance(image, (str, Path)) else None
-        intrinsics, _ = resolve_intrinsics(w, h, focal_35mm=focal_35mm_from_exif(exif_image) if exif_image else None)
+        exif = exif_focal(image) if isinstance(image, (str, Path)) else None
+        intrinsics = resolve_camera(w, h, exif=exif, model_focal_px=getattr(output, "focal_px", None)).intrinsics
     return write_depth_ply(path, depth, intrinsics, rgb=rgb, uncertainty=output.uncertainty)
 
 
