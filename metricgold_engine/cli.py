@@ -7,6 +7,11 @@
 - ``NAME_depth16.png``      uint16 millimetres (clipped to 1 mm .. 65.535 m; 0 = invalid)
 - ``NAME_depth_color.png``  colour-mapped preview with a legend of the range in metres
 - ``NAME_uncertainty.npy``  float32 metres (ensemble spread), with ``--uncertainty``
+- ``NAME_camera.json``      the camera of the depth: fx, fy, cx, cy (pixels), width, height, focal_source
+                            (user, exif, model or default), focal_35mm, description
+
+``--model`` takes any backend: a MetricGold checkpoint, Depth Pro, Depth Anything V2 metric or ZoeDepth, as a local
+folder or a Hugging Face Hub id (downloaded once into the Hugging Face cache). The summary names its licence.
 
 Every file is written to a temporary name and renamed into place. One bad image does not stop the others; the
 summary names each failure, and the exit status is 1 if any image failed, 2 if nothing could run at all.
@@ -15,6 +20,8 @@ summary names each failure, and the exit status is 1 if any image failed, 2 if n
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +46,28 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _fov_degrees(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 180:
+        raise argparse.ArgumentTypeError(f"must be in (0, 180) degrees, got {text}")
+    return value
+
+
+#: predict's options for the model (the rest are for the CLI itself), each with the flag that sets it.
+MODEL_OPTION_FLAGS = {
+    "num_inference_steps": "--steps", "ensemble_size": "--ensemble", "processing_resolution": "--resolution",
+    "seed": "--seed", "timestep_spacing": "--timestep-spacing", "ensemble_reduction": "--reduction",
+    "batch_size": "--batch-size", "output_uncertainty": "--uncertainty", "flip_average": "--flip-average",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m metricgold_engine", description="MetricGold: monocular metric depth (metres) from one photo."
@@ -48,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict metric depth for images or folders of images")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--model", default=None, help="MetricGold checkpoint folder (default: the built-in demo model)")
+    p.add_argument("--model", default=None,
+                   help="model folder or Hugging Face Hub id: MetricGold, Depth Pro, Depth Anything V2 metric or "
+                        "ZoeDepth (default: the built-in demo model; see README 'Which model?')")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--steps", dest="num_inference_steps", type=_positive_int, default=None,
                    help="DDIM steps (default: the checkpoint's; the paper uses 50)")
@@ -65,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensemble members per UNet batch, 0 = all at once")
     p.add_argument("--uncertainty", dest="output_uncertainty", action="store_true",
                    help="also write NAME_uncertainty.npy (needs --ensemble > 1)")
+    p.add_argument("--flip-average", dest="flip_average", action="store_true",
+                   help="ZoeDepth only: average with the prediction for the mirrored photo")
+    camera = p.add_mutually_exclusive_group()
+    camera.add_argument("--focal-mm", dest="focal_35mm", type=_positive_float, default=None, metavar="MM",
+                        help="the camera's focal length, 35 mm equivalent (default: the photo's EXIF, else the "
+                             "model's estimate, else a 55 degree field of view)")
+    camera.add_argument("--fov", dest="fov_deg", type=_fov_degrees, default=None, metavar="DEG",
+                        help="the camera's horizontal field of view in degrees (instead of --focal-mm)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
     p.add_argument("--formats", default="npy,exr,png16,color",
@@ -113,8 +152,11 @@ def _output_names(images: Sequence[Path]) -> list[str]:
     return names
 
 
-def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[str]) -> list[Path]:
-    """Write one prediction's files (each atomically); returns their paths."""
+def write_prediction(
+    out_dir: Path, name: str, output: Any, formats: Sequence[str], camera: Any = None
+) -> list[Path]:
+    """Write one prediction's files (each atomically); returns their paths. ``camera``
+    (:class:`~metricgold_engine.core.geometry.Camera`): also ``NAME_camera.json``."""
     from .core import depth_io
 
     writers = {
@@ -131,15 +173,37 @@ def write_prediction(out_dir: Path, name: str, output: Any, formats: Sequence[st
     if output.uncertainty is not None:
         depth_io.write_depth_npy(out_dir / f"{name}_uncertainty.npy", output.uncertainty)
         written.append(out_dir / f"{name}_uncertainty.npy")
+    if camera is not None:
+        path = out_dir / f"{name}_camera.json"
+        with depth_io.atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(camera.as_json(), indent=2) + "\n", encoding="utf-8")
+        written.append(path)
     return written
+
+
+def model_options(args: argparse.Namespace, parser_defaults: dict[str, Any], known: Sequence[str]) -> dict[str, Any]:
+    """The options to hand the model: those it knows; a flag it does not know is refused when set by the user
+    (the parser's defaults for MetricGold's flags are simply not passed to another kind of model)."""
+    options, refused = {}, []
+    for key, flag in MODEL_OPTION_FLAGS.items():
+        value = getattr(args, key)
+        if key in known:
+            options[key] = value
+        elif value != parser_defaults.get(key):
+            refused.append(flag)
+    if refused:
+        raise ValueError(f"{', '.join(refused)}: not an option of this model (its options: "
+                         f"{', '.join(MODEL_OPTION_FLAGS[k] for k in known if k in MODEL_OPTION_FLAGS) or 'none'})")
+    return options
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .backends import load_estimator
+    from .backends.photo import predict_photo
     from .core.demo_model import DEMO_MODEL_NOTE
     from .core.errors import CheckpointError
-    from .checkpoint import load_pipeline
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - {"npy", "exr", "png16", "color"})
@@ -160,23 +224,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: --out {out_dir}: cannot create the output folder ({exc.strerror})", file=sys.stderr)
         return 2
     try:
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+        estimator = load_estimator(args.model, device=args.device, dtype=args.dtype)
+        info = estimator.info()
+        defaults = vars(build_parser().parse_args(["predict", "IMAGE", "--out", "OUT"]))
+        options = model_options(args, defaults, list(info.default_options))
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.model is None:
+    licence = info.licence or "unknown (no licence in the model card: check before use)"
+    print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
+    if info.demo_model:
         print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
               file=sys.stderr)
-    pipe.set_progress_bar_config(leave=False, desc="denoising")
-    options = {key: getattr(args, key) for key in (
-        "num_inference_steps", "ensemble_size", "processing_resolution", "seed", "timestep_spacing",
-        "ensemble_reduction", "batch_size", "output_uncertainty")}
+    pipeline = getattr(estimator, "pipeline", None)
+    if pipeline is not None:
+        pipeline.set_progress_bar_config(leave=False, desc="denoising")
     done = 0
     started = time.perf_counter()
     for image, name in tqdm(list(zip(images, _output_names(images))), desc="images", unit="img"):
         try:
-            output = pipe(image, **options)
-            write_prediction(out_dir, name, output, formats)
+            result = predict_photo(estimator, image, fov_deg=args.fov_deg, focal_35mm=args.focal_35mm, **options)
+            write_prediction(out_dir, name, result.prediction, formats, camera=result.camera)
             done += 1
         except (ImageLoadError, ValueError, OSError) as exc:
             failures.append((str(image), str(exc)))
@@ -186,6 +254,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s; {len(failures)} failed:", file=sys.stderr)
     else:
         print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s", file=sys.stderr)
+    print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
     for item, problem in failures:
         print(f"  failed: {problem if problem.startswith(item) else f'{item}: {problem}'}", file=sys.stderr)
     return 1 if failures else 0
