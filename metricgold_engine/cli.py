@@ -9,6 +9,11 @@
 - ``NAME_uncertainty.npy``  float32 metres (ensemble spread), with ``--uncertainty``
 - ``NAME.ply``              with ``--formats ...,ply``: binary PLY point cloud in metres, camera looking down -Z,
   +Y up (Blender/OpenGL), coloured from the photo (see :mod:`metricgold_engine.core.pointcloud`)
+- ``NAME_camera.json``      the camera of the depth: fx, fy, cx, cy (pixels), width, height, focal_source
+                            (user, exif, model or default), focal_35mm, description
+
+``--model`` takes any backend: a MetricGold checkpoint, Depth Pro, Depth Anything V2 metric or ZoeDepth, as a local
+folder or a Hugging Face Hub id (downloaded once into the Hugging Face cache). The summary names its licence.
 
 Every file is written to a temporary name and renamed into place. One bad image does not stop the others; the
 summary names each failure, and the exit status is 1 if any image failed, 2 if nothing could run at all.
@@ -17,6 +22,8 @@ summary names each failure, and the exit status is 1 if any image failed, 2 if n
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +53,28 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _fov_degrees(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 180:
+        raise argparse.ArgumentTypeError(f"must be in (0, 180) degrees, got {text}")
+    return value
+
+
+#: predict's options for the model (the rest are for the CLI itself), each with the flag that sets it.
+MODEL_OPTION_FLAGS = {
+    "num_inference_steps": "--steps", "ensemble_size": "--ensemble", "processing_resolution": "--resolution",
+    "seed": "--seed", "timestep_spacing": "--timestep-spacing", "ensemble_reduction": "--reduction",
+    "batch_size": "--batch-size", "output_uncertainty": "--uncertainty", "flip_average": "--flip-average",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m metricgold_engine", description="MetricGold: monocular metric depth (metres) from one photo."
@@ -55,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict metric depth for images or folders of images")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--model", default=None, help="MetricGold checkpoint folder (default: the built-in demo model)")
+    p.add_argument("--model", default=None,
+                   help="model folder or Hugging Face Hub id: MetricGold, Depth Pro, Depth Anything V2 metric or "
+                        "ZoeDepth (default: the built-in demo model; see README 'Which model?')")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--steps", dest="num_inference_steps", type=_positive_int, default=None,
                    help="DDIM steps (default: the checkpoint's; the paper uses 50)")
@@ -72,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensemble members per UNet batch, 0 = all at once")
     p.add_argument("--uncertainty", dest="output_uncertainty", action="store_true",
                    help="also write NAME_uncertainty.npy (needs --ensemble > 1)")
+    p.add_argument("--flip-average", dest="flip_average", action="store_true",
+                   help="ZoeDepth only: average with the prediction for the mirrored photo")
+    camera = p.add_mutually_exclusive_group()
+    camera.add_argument("--focal-mm", dest="focal_35mm", type=_positive_float, default=None, metavar="MM",
+                        help="the camera's focal length, 35 mm equivalent (default: the photo's EXIF, else the "
+                             "model's estimate, else a 55 degree field of view)")
+    camera.add_argument("--fov", dest="fov_deg", type=_fov_degrees, default=None, metavar="DEG",
+                        help="the camera's horizontal field of view in degrees (instead of --focal-mm)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
     p.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
@@ -122,10 +161,11 @@ def _output_names(images: Sequence[Path]) -> list[str]:
 
 
 def write_prediction(
-    out_dir: Path, name: str, output: Any, formats: Sequence[str], image: Any = None, intrinsics: Any = None
+    out_dir: Path, name: str, output: Any, formats: Sequence[str], camera: Any = None, image: Any = None
 ) -> list[Path]:
-    """Write one prediction's files (each atomically); returns their paths. ``ply`` needs the ``image`` (the photo,
-    for colours and, without ``intrinsics``, its EXIF focal length)."""
+    """Write one prediction's files (each atomically); returns their paths. ``camera``
+    (:class:`~metricgold_engine.core.geometry.Camera`): also ``NAME_camera.json``, and the camera of ``ply``, which
+    also needs the ``image`` (the photo, for colours)."""
     from .core import depth_io
 
     writers = {
@@ -137,7 +177,8 @@ def write_prediction(
     written = []
     for fmt in formats:
         if fmt == "ply":
-            written.append(write_point_cloud(out_dir / f"{name}.ply", output, image, intrinsics))
+            k = camera.intrinsics if camera is not None else None
+            written.append(write_point_cloud(out_dir / f"{name}.ply", output, image, k))
             continue
         filename, writer = writers[fmt]
         writer(out_dir / filename, output.depth)
@@ -145,6 +186,11 @@ def write_prediction(
     if output.uncertainty is not None:
         depth_io.write_depth_npy(out_dir / f"{name}_uncertainty.npy", output.uncertainty)
         written.append(out_dir / f"{name}_uncertainty.npy")
+    if camera is not None:
+        path = out_dir / f"{name}_camera.json"
+        with depth_io.atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(camera.as_json(), indent=2) + "\n", encoding="utf-8")
+        written.append(path)
     return written
 
 
@@ -167,10 +213,27 @@ def write_point_cloud(path: Path, output: Any, image: Any, intrinsics: Any = Non
     return write_depth_ply(path, depth, intrinsics, rgb=rgb, uncertainty=output.uncertainty)
 
 
+def model_options(args: argparse.Namespace, parser_defaults: dict[str, Any], known: Sequence[str]) -> dict[str, Any]:
+    """The options to hand the model: those it knows; a flag it does not know is refused when set by the user
+    (the parser's defaults for MetricGold's flags are simply not passed to another kind of model)."""
+    options, refused = {}, []
+    for key, flag in MODEL_OPTION_FLAGS.items():
+        value = getattr(args, key)
+        if key in known:
+            options[key] = value
+        elif value != parser_defaults.get(key):
+            refused.append(flag)
+    if refused:
+        raise ValueError(f"{', '.join(refused)}: not an option of this model (its options: "
+                         f"{', '.join(MODEL_OPTION_FLAGS[k] for k in known if k in MODEL_OPTION_FLAGS) or 'none'})")
+    return options
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_pipeline
+    from .backends import load_estimator
+    from .backends.photo import predict_photo
     from .core.demo_model import DEMO_MODEL_NOTE
     from .core.errors import CheckpointError
     from .sharding import ShardingError, current_shard, map_sharded
@@ -196,23 +259,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         shard = current_shard()  # this process's part of the images under `accelerate launch`; all of them otherwise
         with shard.main_first():  # a Hub id is downloaded once
-            pipe = load_pipeline(args.model, device=shard.device(args.device), dtype=args.dtype)
+            estimator = load_estimator(args.model, device=shard.device(args.device), dtype=args.dtype)
+        info = estimator.info()
+        defaults = vars(build_parser().parse_args(["predict", "IMAGE", "--out", "OUT"]))
+        options = model_options(args, defaults, list(info.default_options))
     except (CheckpointError, ValueError, ShardingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.model is None and shard.is_main:
+    licence = info.licence or "unknown (no licence in the model card: check before use)"
+    if shard.is_main:
+        print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
+    if info.demo_model and shard.is_main:
         print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
               file=sys.stderr)
-    pipe.set_progress_bar_config(leave=False, desc="denoising", disable=shard.count > 1)  # one bar in all
-    options = {key: getattr(args, key) for key in (
-        "num_inference_steps", "ensemble_size", "processing_resolution", "seed", "timestep_spacing",
-        "ensemble_reduction", "batch_size", "output_uncertainty")}
+    pipeline = getattr(estimator, "pipeline", None)
+    if pipeline is not None:
+        pipeline.set_progress_bar_config(leave=False, desc="denoising", disable=shard.count > 1)  # one bar in all
 
     def predict_one(_: int, item: tuple[Path, str]) -> tuple[str, str] | None:
         image, name = item
         try:
-            output = pipe(image, **options)
-            write_prediction(out_dir, name, output, formats, image=image)
+            result = predict_photo(estimator, image, fov_deg=args.fov_deg, focal_35mm=args.focal_35mm, **options)
+            write_prediction(out_dir, name, result.prediction, formats, camera=result.camera, image=image)
             return None
         except (ImageLoadError, ValueError, OSError) as exc:
             tqdm.write(f"error: {exc}", file=sys.stderr)
@@ -232,6 +300,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
               file=sys.stderr)
     else:
         print(f"{done} image(s) written to {out_dir}{on} in {seconds:.1f} s", file=sys.stderr)
+    print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
     for item, problem in failures:
         print(f"  failed: {problem if problem.startswith(item) else f'{item}: {problem}'}", file=sys.stderr)
     return 1 if failures else 0

@@ -6,6 +6,7 @@ little-endian records), and the points checked against a float64 unprojection fo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,4 +129,8 @@ def test_cli_writes_a_coloured_cloud_through_the_photos_exif_focal(tiny_checkpoi
     np.testing.assert_array_equal(np.stack([rec["red"], rec["green"], rec["blue"]], axis=1),
                                   rgb[where[:, 0], where[:, 1]])
     np.testing.assert_array_equal(rec["uncertainty"], np.load(out / "photo_uncertainty.npy")[where[:, 0], where[:, 1]])
-    assert sorted(p.name for p in out.iterdir()) == ["photo.ply", "photo_depth.npy", "photo_uncertainty.npy"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "photo.ply", "photo_camera.json", "photo_depth.npy", "photo_uncertainty.npy"]
+    # The cloud's camera is the one the CLI reports.
+    cam = json.loads((out / "photo_camera.json").read_text())
+    assert cam["focal_source"] == "exif" and cam["fx"] == pytest.approx(f) and cam["cx"] == pytest.approx(7.5)

@@ -80,7 +80,7 @@ def test_two_process_predict_writes_the_same_bytes_as_one(tiny_checkpoint: Path,
         assert result.stderr.count(" image(s) written to ") == 1  # one summary, from the main process
         assert ("by 2 processes" in result.stderr) == (processes == 2)  # really two processes
         runs[processes] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-    assert len(runs[1]) == 5 * 4  # depth npy, png16, ply, uncertainty
+    assert len(runs[1]) == 5 * 5  # depth npy, png16, ply, uncertainty, camera json
     assert runs[2].keys() == runs[1].keys()
     assert all(runs[2][name] == runs[1][name] for name in runs[1]), "2-process files differ from 1-process files"
 
