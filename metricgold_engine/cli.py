@@ -15,8 +15,9 @@
 ``--model`` takes any backend: a MetricGold checkpoint, Depth Pro, Depth Anything V2 metric or ZoeDepth, as a local
 folder or a Hugging Face Hub id (downloaded once into the Hugging Face cache). The summary names its licence.
 
-Every file is written to a temporary name and renamed into place. One bad image does not stop the others; the
-summary names each failure, and the exit status is 1 if any image failed, 2 if nothing could run at all.
+Every file is written to a temporary name and renamed into place. One bad image does not stop the others (and
+leaves none of its own files); the summary names each failure, and the exit status is 1 if any image failed, 2 if
+nothing could run at all. How NAME is chosen when inputs share a name: :mod:`metricgold_engine.batch`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .image_io import IMAGE_SUFFIXES, ImageLoadError, find_images
+from .batch import check_output_dir, collect_images, output_names
+from .core.errors import MetricGoldError, OutputNotWritable
 
 
 #: Output formats of ``predict``; ``ply`` (a point cloud) is asked for explicitly.
@@ -131,35 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def collect_images(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand folders into their images. Returns (images, [(input, problem), ...])."""
-    images: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = find_images(path)
-            if not found:
-                problems.append((item, f"folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
-            images.extend(found)
-        elif path.exists():
-            images.append(path)
-        else:
-            problems.append((item, "file not found"))
-    return images, problems
-
-
-def _output_names(images: Sequence[Path]) -> list[str]:
-    """One output stem per image; inputs sharing a file name get _2, _3 ... so nothing is overwritten."""
-    seen: dict[str, int] = {}
-    names = []
-    for image in images:
-        count = seen.get(image.stem, 0) + 1
-        seen[image.stem] = count
-        names.append(image.stem if count == 1 else f"{image.stem}_{count}")
-    return names
-
-
 def write_prediction(
     out_dir: Path, name: str, output: Any, formats: Sequence[str], camera: Any = None, image: Any = None
 ) -> list[Path]:
@@ -174,23 +147,28 @@ def write_prediction(
         "png16": (f"{name}_depth16.png", depth_io.write_depth_png16),
         "color": (f"{name}_depth_color.png", depth_io.write_depth_color_png),
     }
-    written = []
-    for fmt in formats:
-        if fmt == "ply":
-            k = camera.intrinsics if camera is not None else None
-            written.append(write_point_cloud(out_dir / f"{name}.ply", output, image, k))
-            continue
-        filename, writer = writers[fmt]
-        writer(out_dir / filename, output.depth)
-        written.append(out_dir / filename)
-    if output.uncertainty is not None:
-        depth_io.write_depth_npy(out_dir / f"{name}_uncertainty.npy", output.uncertainty)
-        written.append(out_dir / f"{name}_uncertainty.npy")
-    if camera is not None:
-        path = out_dir / f"{name}_camera.json"
-        with depth_io.atomic_write(path) as tmp:
-            tmp.write_text(json.dumps(camera.as_json(), indent=2) + "\n", encoding="utf-8")
-        written.append(path)
+    written: list[Path] = []
+    try:
+        for fmt in formats:
+            if fmt == "ply":
+                k = camera.intrinsics if camera is not None else None
+                written.append(write_point_cloud(out_dir / f"{name}.ply", output, image, k))
+                continue
+            filename, writer = writers[fmt]
+            writer(out_dir / filename, output.depth)
+            written.append(out_dir / filename)
+        if output.uncertainty is not None:
+            depth_io.write_depth_npy(out_dir / f"{name}_uncertainty.npy", output.uncertainty)
+            written.append(out_dir / f"{name}_uncertainty.npy")
+        if camera is not None:
+            path = out_dir / f"{name}_camera.json"
+            with depth_io.atomic_write(path) as tmp:
+                tmp.write_text(json.dumps(camera.as_json(), indent=2) + "\n", encoding="utf-8")
+            written.append(path)
+    except BaseException:
+        for path in written:  # all of an image's files or none: a failed image leaves nothing half-done
+            path.unlink(missing_ok=True)
+        raise
     return written
 
 
@@ -229,6 +207,15 @@ def model_options(args: argparse.Namespace, parser_defaults: dict[str, Any], kno
     return options
 
 
+def _describe_failure(exc: BaseException) -> str:
+    """One line for the summary: our own errors say what they are; anything else gets its type."""
+    if isinstance(exc, MetricGoldError):
+        return exc.message
+    if isinstance(exc, MemoryError):
+        return "out of memory (try a smaller --resolution, or fewer --ensemble members per --batch-size)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -250,11 +237,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {item}: {problem}", file=sys.stderr)
         print("error: no images to process", file=sys.stderr)
         return 2
-    out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: --out {out_dir}: cannot create the output folder ({exc.strerror})", file=sys.stderr)
+    try:  # before the model loads: a bad --out costs milliseconds
+        out_dir = check_output_dir(args.out, args.inputs)
+    except OutputNotWritable as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         return 2
     try:
         shard = current_shard()  # this process's part of the images under `accelerate launch`; all of them otherwise
@@ -278,16 +264,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     def predict_one(_: int, item: tuple[Path, str]) -> tuple[str, str] | None:
         image, name = item
-        try:
+        try:  # one bad image (unreadable, too large, out of memory while writing) never stops the others
             result = predict_photo(estimator, image, fov_deg=args.fov_deg, focal_35mm=args.focal_35mm, **options)
             write_prediction(out_dir, name, result.prediction, formats, camera=result.camera, image=image)
             return None
-        except (ImageLoadError, ValueError, OSError) as exc:
-            tqdm.write(f"error: {exc}", file=sys.stderr)
-            return (str(image), str(exc))
+        except Exception as exc:
+            problem = _describe_failure(exc)
+            tqdm.write(f"error: {problem if problem.startswith(str(image)) else f'{image}: {problem}'}",
+                       file=sys.stderr)
+            return (str(image), problem)
 
     started = time.perf_counter()
-    results = map_sharded(list(zip(images, _output_names(images))), predict_one, shard)
+    results = map_sharded(list(zip(images, output_names(images))), predict_one, shard)
     seconds = time.perf_counter() - started
     failed = [problem for _, problem in results if problem is not None]
     failures.extend(failed)

@@ -37,14 +37,18 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB. 16-bit greyscale ("I;16", "I") is scaled from its full range, not truncated."""
+def _to_rgb(image: Image.Image, name: str = "image input") -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB. 16-bit greyscale ("I;16", "I") is scaled from its full range, not truncated.
+    A float image with NaN or inf pixels is refused: there is no colour to give the model there."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         return Image.fromarray((np.clip(array / top, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise ImageLoadError(f"{name}: float image has {bad} NaN or inf pixel(s); fill them before predicting")
         return Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Composite on white rather than dropping alpha, which would expose arbitrary colours under transparency.
@@ -76,7 +80,7 @@ def load_rgb_image(image: Any) -> Image.Image:
                 opened.load()  # decode now: a truncated file fails here, not later
                 if opened.width == 0 or opened.height == 0:
                     raise ImageLoadError(f"{path}: image has zero pixels")
-                return _to_rgb(ImageOps.exif_transpose(opened))
+                return _to_rgb(ImageOps.exif_transpose(opened), str(path))
         except ImageLoadError:
             raise
         except UnidentifiedImageError:
