@@ -79,7 +79,8 @@ def test_colliding_names_are_all_written(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "--out", str(out),
                  "--steps", "1", "--ensemble", "1", "--formats", "npy"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_jpg_depth.npy", "a_png_depth.npy"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_jpg_camera.json", "a_jpg_depth.npy", "a_png_camera.json", "a_png_depth.npy"]
 
 
 def test_one_bad_image_never_stops_the_batch(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -109,7 +110,8 @@ def test_one_bad_image_never_stops_the_batch(tiny_checkpoint, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert rc == 1
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["a_good_depth.npy", "a_good_depth_color.png", "c_good_depth.npy", "c_good_depth_color.png"]
+    assert written == ["a_good_camera.json", "a_good_depth.npy", "a_good_depth_color.png",
+                       "c_good_camera.json", "c_good_depth.npy", "c_good_depth_color.png"]  # e_oom: no camera either
     assert "2 image(s) written" in err and "3 failed" in err
     assert "b_nan.tif: float image has 1 NaN or inf pixel(s)" in err
     assert "d_bomb.png" in err and "e_oom.png: out of memory" in err
