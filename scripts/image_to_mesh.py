@@ -4,14 +4,16 @@
     blender -b -P scripts/image_to_mesh.py -- IMAGES... --out scene.blend [--model DIR] [--python PY]
         [--depth FILE] [--fov DEG | --intrinsics FX FY CX CY] [--point-cloud] [--stride N]
         [--steps N] [--ensemble N] [--processing-resolution N] [--device DEV] [--render preview.png]
-        [--render-side side.png]
+        [--render-side side.png] [--ply DIR]
 
 or the same with ``python scripts/image_to_mesh.py ...`` where ``bpy`` (Blender as a Python module) is installed.
 Predicted depths are kept next to the .blend, in ``<out>_depth/NAME_depth.npy`` (metres, float32).
 Each image goes into its own collection, side by side along X. ``--depth`` takes an existing depth file (.npy,
 .exr, 16-bit PNG in mm) for a single image and needs no model or worker. ``--render`` renders the last image's
 camera view (Cycles, a few samples, 640 px wide) with a light; ``--render-side`` the same from a camera orbited
-30 degrees about the mesh's centre, where the depth shows as 3D.
+30 degrees about the mesh's centre, where the depth shows as 3D. ``--ply DIR`` also writes ``DIR/NAME.ply``: each
+image's depth as a coloured point cloud in metres, in the camera space of the camera built for it (looking down -Z,
++Y up; see ``metricgold_engine.core.pointcloud``).
 
 The work is done by the add-on's own operators (``metricgold.image_to_depth_mesh`` etc.), run synchronously.
 """
@@ -64,6 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--render-side", type=Path,
                    help="also render a PNG from a camera orbited SIDE_DEGREES about the mesh's centre, which shows "
                         "the depth as 3D (seen through the photo's own camera, a mesh looks like the photo)")
+    p.add_argument("--ply", type=Path, metavar="DIR",
+                   help="also write DIR/NAME.ply per image: binary PLY point cloud in metres through the built camera")
     args = p.parse_args(argv)
     if not args.images and not args.depth:
         p.error("give at least one image (or --depth FILE)")
@@ -89,6 +93,53 @@ def geometry_kwargs(args: argparse.Namespace) -> dict:
         kw.update(intrinsics_mode="INTRINSICS", fx=fx, fy=fy, cx=cx, cy=cy)
     kw.update(cut_discontinuities=args.max_jump > 0, max_relative_jump=max(args.max_jump, 0.0))
     return kw
+
+
+def intrinsics_from_camera(cam: dict, width: int, height: int, aspect_x: float = 1.0, aspect_y: float = 1.0):
+    """The pinhole intrinsics a Blender camera built by the add-on shows (sensor fit HORIZONTAL, lens shift), for a
+    render of ``width`` x ``height``: the inverse of ``mesh_builder.camera_settings``."""
+    from metricgold_engine.core.geometry import Intrinsics
+
+    fx = cam["lens"] * width / cam["sensor_width"]
+    fy = fx * aspect_x / aspect_y  # non-square pixels are a pixel aspect
+    cx = (width - 1) / 2.0 - cam["shift_x"] * width
+    cy = (height - 1) / 2.0 + cam["shift_y"] * fy * width / fx
+    return Intrinsics(fx, fy, cx, cy, int(width), int(height))
+
+
+def write_point_cloud(bpy, scene, ply_path: Path, depth_path: Path, photo: Path | None) -> None:
+    """``ply_path`` from the depth file, the scene camera built for it and the photo's pixels (as Blender loaded
+    them, sampled at the depth's pixels)."""
+    import numpy as np
+
+    from metricgold_blender import mesh_builder
+    from metricgold_engine.core.depth_io import read_depth
+    from metricgold_engine.core.pointcloud import write_depth_ply
+
+    depth = read_depth(depth_path)
+    cam, render = scene.camera.data, scene.render
+    k = intrinsics_from_camera(
+        {"lens": cam.lens, "sensor_width": cam.sensor_width, "shift_x": cam.shift_x, "shift_y": cam.shift_y},
+        render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y)
+    hd, wd = depth.shape
+    if (k.width, k.height) != (wd, hd):
+        k = k.scaled(wd, hd)
+    rgb = None
+    image = None
+    if photo is not None:
+        target = os.path.realpath(photo)
+        image = next((im for im in bpy.data.images
+                      if im.filepath and os.path.realpath(bpy.path.abspath(im.filepath)) == target), None)
+    if image is not None:
+        px = mesh_builder.image_pixels(image)[..., :3].astype(np.float64)  # row 0 at the top
+        if image.is_float:  # linear values: encode as sRGB like the photo's bytes
+            px = np.clip(px, 0.0, 1.0)
+            px = np.where(px <= 0.0031308, 12.92 * px, 1.055 * px ** (1 / 2.4) - 0.055)
+        hi, wi = px.shape[:2]
+        rows = np.clip(np.rint((np.arange(hd) + 0.5) * hi / hd - 0.5), 0, hi - 1).astype(np.int64)
+        cols = np.clip(np.rint((np.arange(wd) + 0.5) * wi / wd - 0.5), 0, wi - 1).astype(np.int64)
+        rgb = np.clip(np.rint(px[np.ix_(rows, cols)] * 255.0), 0, 255).astype(np.uint8)
+    write_depth_ply(ply_path, depth, k, rgb=rgb)
 
 
 def render_preview(bpy, scene, out: Path) -> None:
@@ -181,6 +232,8 @@ def run(args: argparse.Namespace) -> list[str]:
         raise ScriptError(f"--out must end in .blend, got {out}")
     if not out.parent.is_dir():
         raise ScriptError(f"--out: the folder {out.parent} does not exist")
+    if args.ply and not args.ply.is_dir():
+        raise ScriptError(f"--ply: the folder {args.ply} does not exist")
     for image in args.images:
         if not image.is_file():
             raise ScriptError(f"image not found: {image}")
@@ -218,6 +271,12 @@ def run(args: argparse.Namespace) -> list[str]:
             messages.append(f"{Path(photo or args.depth).name}: {camera.name} and its "
                             f"{'points' if args.point_cloud else 'mesh'}"
                             + (f"; camera from {source}" if source else ""))
+            if args.ply:
+                stem = Path(photo or args.depth).stem
+                depth_path = args.depth or out.with_name(out.stem + "_depth") / f"{stem}_depth.npy"
+                ply_path = args.ply.resolve() / f"{stem}.ply"
+                write_point_cloud(bpy, bpy.context.scene, ply_path, depth_path, photo)
+                messages.append(f"wrote {ply_path}")
         bpy.ops.wm.save_as_mainfile(filepath=str(out), check_existing=False)  # Blender writes via a temp file
         messages.append(f"wrote {out}")
         if args.render:

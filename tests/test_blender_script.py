@@ -155,3 +155,26 @@ def test_depth_pro_model_camera_from_exif_through_the_worker(tmp_path):
     expected = ref["predicted_depth"].numpy().astype(np.float64) * fx / float(ref["focal_length"])
     depth = np.load(tmp_path / "pro_depth" / "phone_depth.npy")
     assert np.max(np.abs(depth / expected - 1)) < 1e-4
+
+
+def test_ply_point_cloud_through_the_built_camera(tmp_path):
+    """--ply: the point cloud is the depth unprojected through the camera the script built (non-square pixels and an
+    off-centre principal point, so the camera -> intrinsics inverse is exercised), coloured with the photo."""
+    from test_pointcloud import read_ply, reference_points
+
+    photo = make_photo(tmp_path / "desk.png", 32, 24, seed=3)
+    depth = np.linspace(1.0, 3.0, 24 * 32).reshape(24, 32)
+    depth[3, 4] = 0.0  # invalid: left out
+    depth_io.write_depth_npy(tmp_path / "desk_depth.npy", depth)
+    (tmp_path / "clouds").mkdir()
+    proc = run_script(photo, "--depth", tmp_path / "desk_depth.npy", "--intrinsics", 30, 27, 14.0, 12.5,
+                      "--out", tmp_path / "scene.blend", "--ply", tmp_path / "clouds")
+    assert "desk.ply" in proc.stdout
+    _, rec = read_ply(tmp_path / "clouds" / "desk.ply")
+    ref, where = reference_points(depth.astype(np.float32), 30.0, 27.0, 14.0, 12.5)
+    assert len(rec) == 32 * 24 - 1
+    np.testing.assert_allclose(np.stack([rec["x"], rec["y"], rec["z"]], axis=1), ref, rtol=1e-5, atol=1e-6)
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    np.testing.assert_array_equal(np.stack([rec["red"], rec["green"], rec["blue"]], axis=1),
+                                  rgb[where[:, 0], where[:, 1]])
+    assert sorted(p.name for p in (tmp_path / "clouds").iterdir()) == ["desk.ply"]
