@@ -178,3 +178,95 @@ def test_ply_point_cloud_through_the_built_camera(tmp_path):
     np.testing.assert_array_equal(np.stack([rec["red"], rec["green"], rec["blue"]], axis=1),
                                   rgb[where[:, 0], where[:, 1]])
     assert sorted(p.name for p in (tmp_path / "clouds").iterdir()) == ["desk.ply"]
+
+
+# ---- issue 14 ---------------------------------------------------------------------------------------------------
+
+
+def test_vertex_limit_and_its_estimate_in_the_output(tmp_path):
+    photo = make_photo(tmp_path / "wide.png", 1500, 1000)
+    depth_io.write_depth_npy(tmp_path / "wide_depth.npy", np.full((1000, 1500), 3.0))
+    proc = run_script(photo, "--depth", tmp_path / "wide_depth.npy", "--out", tmp_path / "a.blend")
+    note = ("1500 x 1000 depth: stride 2 gives 375,000 vertices (limit 1,000,000); without the limit: 1,500,000 "
+            "vertices, about 390.0 MB of memory and a 60.0 MB .blend")
+    assert note in proc.stdout and proc.stdout.index(note) < proc.stdout.index("wrote")  # said before building
+    assert describe(tmp_path / "a.blend")["collections"]["MetricGold wide"]["MetricGold wide"]["vertices"] == 375_000
+    proc = run_script(photo, "--depth", tmp_path / "wide_depth.npy", "--no-vertex-limit", "--out", tmp_path / "b.blend")
+    assert "1500 x 1000 depth, vertex limit off: 1,500,000 vertices, about 390.0 MB of memory" in proc.stdout
+    assert describe(tmp_path / "b.blend")["collections"]["MetricGold wide"]["MetricGold wide"]["vertices"] == 1_500_000
+
+
+def test_several_photos_each_preview_shows_its_own_mesh(tmp_path, tiny_checkpoint):
+    # A red and a blue photo of different shapes: each preview must show only its own photo, at its own size.
+    Image.new("RGB", (24, 16), (255, 0, 0)).save(tmp_path / "red.png")
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(tmp_path / "blue.png")
+    out = tmp_path / "two.blend"
+    proc = run_script(tmp_path / "red.png", tmp_path / "blue.png", "--model", tiny_checkpoint, "--device", "cpu",
+                      "--steps", 1, "--ensemble", 1, "--max-jump", 0, "--out", out, "--render", tmp_path / "p.png")
+    assert f"rendered {tmp_path / 'p_red.png'}" in proc.stdout and f"rendered {tmp_path / 'p_blue.png'}" in proc.stdout
+    assert not (tmp_path / "p.png").exists()
+    for name, size, own, other in (("red", (640, 426), 0, 2), ("blue", (640, 320), 2, 0)):
+        with Image.open(tmp_path / f"p_{name}.png") as im:
+            assert im.size == size
+            px = np.asarray(im.convert("RGB")).astype(np.int64)
+        mine = (px[..., own] > 150) & (px[..., other] < 60)
+        theirs = (px[..., other] > 150) & (px[..., own] < 60)
+        # the mesh stops half a pixel short of the frame: 19/20 x 9/10 of it for the blue photo
+        assert mine.mean() > 0.8 and theirs.sum() == 0, (name, mine.mean(), theirs.sum())
+    # the saved file still looks through the last photo's camera
+    assert describe(out)["camera"] == "MetricGold blue camera"
+
+
+INTERRUPT_WRAPPER = r"""
+import runpy, signal, sys
+import bpy  # noqa: F401  Blender as a module, set up before the script runs
+# Blender 4.2 installs its own SIGINT handler, which only sets an internal break flag: stand in for it with one
+# that does nothing at all. The script must take Ctrl-C back for itself.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid``, started from any of its threads (the worker is started from a thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_cancels_a_headless_run_whatever_handler_blender_installed(tmp_path, tiny_checkpoint):
+    import os
+    import signal
+    import time
+
+    photo = make_photo(tmp_path / "slow.png", 24, 16)
+    out = tmp_path / "slow.blend"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPT_WRAPPER, str(SCRIPT), str(photo), "--model", str(tiny_checkpoint),
+         "--device", "cpu", "--steps", "200", "--ensemble", "20", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        assert workers, "the worker did not start"
+        time.sleep(8.0)  # the worker loads its model and starts denoising (200 steps x 20: minutes)
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends (the worker has its own session)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert time.monotonic() - t0 < 15
+    assert "image_to_mesh: cancelled (Ctrl-C)" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    time.sleep(1.0)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)  # the worker was shut down too
