@@ -14,7 +14,8 @@ through its own camera (Cycles, a few samples, 640 px wide) with a light, the ot
 several images ``preview.png`` becomes ``preview_NAME.png`` per image (:func:`preview_paths`). ``--render-side``
 does the same from a camera orbited 30 degrees about the mesh's centre, where the depth shows as 3D.
 A mesh keeps at most about a million vertices (a larger stride for large photos) unless ``--no-vertex-limit``;
-the size is printed before building. Ctrl-C cancels the prediction, writes nothing and exits with status 130.
+the size is printed before building. Ctrl-C cancels the prediction and exits with status 130; the .blend is
+written only once every image is done.
 ``--ply DIR`` also writes ``DIR/NAME.ply``: each image's depth as a coloured point cloud in metres, in the camera
 space of the camera built for it (looking down -Z, +Y up; see ``metricgold_engine.core.pointcloud``).
 
@@ -168,10 +169,9 @@ def preview_paths(path: Path, names: list[str]) -> list[Path]:
 
 
 def interrupt_handler() -> tuple[dict, object]:
-    """Make Ctrl-C raise KeyboardInterrupt here, whatever handler Blender installed for SIGINT (some versions
-    install their own, which only sets an internal break flag that nothing here reads); the operator's
-    synchronous loop turns it into a cancel of the worker's request. Returns a flag set on Ctrl-C and the
-    previous handler (to restore)."""
+    """Make Ctrl-C raise KeyboardInterrupt here, whatever handler Blender installed for SIGINT (in background mode
+    a version may install its own, which need not raise anything in Python); the operator's synchronous loop turns
+    it into a cancel of the worker's request. Returns a flag set on Ctrl-C and the previous handler (to restore)."""
     state = {"interrupted": False}
 
     def on_sigint(signum, frame):

@@ -631,13 +631,12 @@ def test_depth_file_is_kept_beside_the_saved_blend(addon, scene, worker_prefs, p
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
     reports: list = []
     task = _task(addon, photo, reports)
-    scratch = task._scratch.name
     task.start(bpy.context)
     assert _drive(task) == {"FINISHED"}, reports
     depth_path = re.search(r", depth (\S+\.npy)", reports[-1][1]).group(1)
     assert depth_path == str(tmp_path / "metricgold" / "room_depth.npy")
     assert np.load(depth_path).shape == (16, 24)
-    assert not os.path.exists(scratch)  # the task's own temporary folder is gone, the depth stays
+    assert not list(Path(bpy.app.tempdir).glob("metricgold-*"))  # the task's temporary folder is gone, the depth stays
     bpy.ops.wm.read_homefile(use_empty=True)
 
 
