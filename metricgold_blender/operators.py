@@ -213,7 +213,8 @@ def image_file_for_worker(image: Any, tmp_dir: str) -> str:
     if (image.source == "FILE" and image.packed_file is None and not image.is_dirty and os.path.isfile(path)
             and image.file_format in WORKER_FORMATS):
         return path
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", image.name) or "image"
+    # named after the image (the worker names the depth after the file): "photo.png" -> photo_depth.npy
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", object_name(image.name).removeprefix("MetricGold ")) or "image"
     out = os.path.join(tmp_dir, f"{safe}.png")
     copy = image.copy()
     try:
