@@ -147,10 +147,14 @@ def write_point_cloud(bpy, scene, ply_path: Path, depth_path: Path, photo: Path 
         image = next((im for im in bpy.data.images
                       if im.filepath and os.path.realpath(bpy.path.abspath(im.filepath)) == target), None)
     if image is not None:
-        px = mesh_builder.image_pixels(image)[..., :3].astype(np.float64)  # row 0 at the top
+        rgba = mesh_builder.image_pixels(image).astype(np.float64)  # row 0 at the top
+        px = rgba[..., :3]
         if image.is_float:  # linear values: encode as sRGB like the photo's bytes
             px = np.clip(px, 0.0, 1.0)
             px = np.where(px <= 0.0031308, 12.92 * px, 1.055 * px ** (1 / 2.4) - 0.055)
+        if mesh_builder.image_has_alpha(image):  # on white, in sRGB-encoded values, as the depth's input was
+            alpha = np.clip(rgba[..., 3:], 0.0, 1.0)
+            px = alpha * px + (1.0 - alpha)
         hi, wi = px.shape[:2]
         rows = np.clip(np.rint((np.arange(hd) + 0.5) * hi / hd - 0.5), 0, hi - 1).astype(np.int64)
         cols = np.clip(np.rint((np.arange(wd) + 0.5) * wi / wd - 0.5), 0, wi - 1).astype(np.int64)

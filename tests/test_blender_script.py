@@ -273,3 +273,24 @@ def test_ctrl_c_cancels_a_headless_run_whatever_handler_blender_installed(tmp_pa
     while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_ply_colours_of_an_rgba_photo_are_composited_on_white(tmp_path):
+    """The PLY's colours are what the depth was computed from: an RGBA photo composited on white (image_io)."""
+    from test_pointcloud import read_ply
+
+    from metricgold_engine.image_io import load_rgb_image
+
+    rng = np.random.default_rng(5)
+    rgba = (rng.random((24, 32, 4)) * 255).astype(np.uint8)
+    rgba[..., 3] = np.where(rng.random((24, 32)) < 0.5, 0, rgba[..., 3])  # many fully transparent pixels
+    photo = tmp_path / "cutout.png"
+    Image.fromarray(rgba, mode="RGBA").save(photo)
+    depth_io.write_depth_npy(tmp_path / "cutout_depth.npy", np.full((24, 32), 2.0))
+    (tmp_path / "clouds").mkdir()
+    run_script(photo, "--depth", tmp_path / "cutout_depth.npy", "--out", tmp_path / "scene.blend",
+               "--ply", tmp_path / "clouds")
+    _, rec = read_ply(tmp_path / "clouds" / "cutout.ply")
+    got = np.stack([rec["red"], rec["green"], rec["blue"]], axis=1).astype(int)
+    expected = np.asarray(load_rgb_image(photo)).reshape(-1, 3).astype(int)  # row-major, every pixel valid
+    assert np.abs(got - expected).max() <= 1
