@@ -17,9 +17,10 @@ if importlib.util.find_spec(f"{__package__}._vendor") is not None:
         demo_model,
         depth_io,
         geometry,
+        mesh_size,
     )
 else:  # source checkout: the engine is a sibling package
     from metricgold_engine import __version__ as ENGINE_VERSION
-    from metricgold_engine.core import client, demo_model, depth_io, geometry
+    from metricgold_engine.core import client, demo_model, depth_io, geometry, mesh_size
 
-__all__ = ["ENGINE_VERSION", "client", "demo_model", "depth_io", "geometry"]
+__all__ = ["ENGINE_VERSION", "client", "demo_model", "depth_io", "geometry", "mesh_size"]

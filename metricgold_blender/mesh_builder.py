@@ -24,6 +24,8 @@ from .engine import depth_io, geometry
 
 #: Name of the geometry-nodes group that shows a vertex-only mesh as render-able points.
 POINTS_NODE_GROUP = "MetricGold Points"
+#: Name of the shader node group that composites a colour on white by its alpha, as the worker does.
+ON_WHITE_NODE_GROUP = "MetricGold On White"
 #: Horizontal sensor width given to created cameras; with sensor fit HORIZONTAL only lens / sensor matters.
 SENSOR_WIDTH_MM = 36.0
 
@@ -226,8 +228,27 @@ def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
+def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    c = np.maximum(c, 0.0)
+    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
 #: sRGB byte value -> linear, for 8-bit images (a table: 256 powers instead of one per pixel).
 _SRGB_BYTE_TO_LINEAR = _srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
+
+
+def on_white(rgb_linear: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Linear colours composited on white by ``alpha`` in sRGB-encoded values, as the worker's image loader
+    (Pillow's alpha_composite on 8-bit sRGB) does: ``encode(out) = a * encode(c) + (1 - a)``. The node group
+    :func:`on_white_node_group` computes the same, per shading point."""
+    a = np.clip(np.asarray(alpha, dtype=np.float64), 0.0, 1.0)[..., None]
+    return _srgb_to_linear(a * _linear_to_srgb(np.asarray(rgb_linear, dtype=np.float64)) + (1.0 - a))
+
+
+def image_has_alpha(image: Any) -> bool:
+    """Whether an image stores an alpha channel (Blender gives every image 4 channels; ``depth`` tells: bits per
+    pixel 32 for 8-bit RGBA or grey + alpha, 64 for 16-bit RGBA, 128 for float RGBA)."""
+    return image.alpha_mode != "NONE" and int(image.depth) in (32, 64, 128)
 
 
 def vertex_colours(gm: Any, depth_shape: tuple[int, int], image: Any | None, depth: np.ndarray) -> np.ndarray:
@@ -248,6 +269,9 @@ def vertex_colours(gm: Any, depth_shape: tuple[int, int], image: Any | None, dep
     if not image.is_float and not image.colorspace_settings.is_data:
         # byte images hold sRGB-encoded values k / 255
         rgba[:, :3] = _SRGB_BYTE_TO_LINEAR[np.rint(rgba[:, :3] * 255.0).astype(np.uint8)]
+    if image_has_alpha(image):  # what the depth was computed from: the photo on white
+        rgba[:, :3] = on_white(rgba[:, :3], rgba[:, 3])
+        rgba[:, 3] = 1.0
     return rgba.astype(np.float32, copy=False)
 
 
@@ -291,7 +315,8 @@ def add_point_attribute(mesh: Any, name: str, values: np.ndarray) -> None:
     attr.data.foreach_set("value", np.asarray(values, dtype=np.float32).ravel())
 
 
-def make_material(name: str, image: Any | None, shading: str, use_colour_attribute: bool) -> Any:
+def make_material(name: str, image: Any | None, shading: str, use_colour_attribute: bool,
+                  created: Created | None = None) -> Any:
     """A node material showing the photo through the UVs (or the ``Color`` attribute, for points/no photo)."""
     mat: Any = bpy.data.materials.new(name)
     if mat.node_tree is None:  # Blender < 5.0 makes node trees on request; 5.0 always has one
@@ -311,7 +336,16 @@ def make_material(name: str, image: Any | None, shading: str, use_colour_attribu
         tex.interpolation = "Closest"  # a texel per pixel: what the camera saw
         tex.extension = "EXTEND"
         colour_socket = tex.outputs["Color"]
-    colour_socket.node.location = (-300, 0)
+        if image_has_alpha(image):  # show the photo on white, as the depth was computed from it
+            group: Any = nodes.new("ShaderNodeGroup")
+            group.node_tree = on_white_node_group(created)
+            group.location = (-100, 0)
+            links.new(tex.outputs["Color"], group.inputs["Color"])
+            links.new(tex.outputs["Alpha"], group.inputs["Alpha"])
+            colour_socket = group.outputs["Color"]
+            tex.location = (-400, 0)
+    if colour_socket.node.location.length == 0:
+        colour_socket.node.location = (-300, 0)
     if shading == "PRINCIPLED":
         shader = nodes.new("ShaderNodeBsdfPrincipled")
         links.new(colour_socket, shader.inputs["Base Color"])
@@ -321,6 +355,52 @@ def make_material(name: str, image: Any | None, shading: str, use_colour_attribu
         links.new(colour_socket, shader.inputs["Color"])
         links.new(shader.outputs["Emission"], out.inputs["Surface"])
     return mat
+
+
+def on_white_node_group(created: Created | None = None) -> Any:
+    """Shader nodes: linear Color and Alpha in, the colour composited on white in sRGB-encoded values out (the
+    formula of :func:`on_white`), per channel with Math nodes, which every Blender since 2.8 has.
+
+    Made once per file and shared by the materials; a build that fails removes the group it made."""
+    group: Any = bpy.data.node_groups.get(ON_WHITE_NODE_GROUP)
+    if group is not None and group.bl_idname == "ShaderNodeTree":
+        return group
+    group = bpy.data.node_groups.new(ON_WHITE_NODE_GROUP, "ShaderNodeTree")
+    if created is not None:
+        created.add(bpy.data.node_groups, group)
+    group.interface.new_socket("Color", in_out="INPUT", socket_type="NodeSocketColor")
+    group.interface.new_socket("Alpha", in_out="INPUT", socket_type="NodeSocketFloat")
+    group.interface.new_socket("Color", in_out="OUTPUT", socket_type="NodeSocketColor")
+    nodes, links = group.nodes, group.links
+    g_in, g_out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+    split, join = nodes.new("ShaderNodeSeparateColor"), nodes.new("ShaderNodeCombineColor")
+    links.new(g_in.outputs["Color"], split.inputs["Color"])
+    links.new(join.outputs["Color"], g_out.inputs["Color"])
+
+    def math(op: str, *inputs: Any) -> Any:
+        node = nodes.new("ShaderNodeMath")
+        node.operation = op
+        for socket, value in zip(node.inputs, inputs):
+            if isinstance(value, (int, float)):
+                socket.default_value = float(value)
+            else:
+                links.new(value, socket)
+        return node.outputs[0]
+
+    def piecewise(x: Any, threshold: float, low: Any, high: Any) -> Any:
+        below = math("LESS_THAN", x, threshold)  # 1 where x < threshold
+        return math("MULTIPLY_ADD", below, math("SUBTRACT", low, high), high)  # high + below * (low - high)
+
+    alpha = g_in.outputs["Alpha"]
+    for i, channel in enumerate(("Red", "Green", "Blue")):
+        c = split.outputs[channel]
+        encoded = piecewise(c, 0.0031308, math("MULTIPLY", c, 12.92),
+                            math("MULTIPLY_ADD", math("POWER", c, 1 / 2.4), 1.055, -0.055))
+        mixed = math("MULTIPLY_ADD", alpha, math("SUBTRACT", encoded, 1.0), 1.0)  # a * e + (1 - a)
+        decoded = piecewise(mixed, 0.04045, math("DIVIDE", mixed, 12.92),
+                            math("POWER", math("MULTIPLY_ADD", mixed, 1 / 1.055, 0.055 / 1.055), 2.4))
+        links.new(decoded, join.inputs[i])
+    return group
 
 
 def points_node_group(created: Created) -> Any:
@@ -407,7 +487,8 @@ def build_depth_scene(
                 mesh.color_attributes.active_color = colours
 
             mat = made.add(bpy.data.materials, make_material(
-                f"{name} material", image, options.shading, use_colour_attribute=options.point_cloud))
+                f"{name} material", image, options.shading, use_colour_attribute=options.point_cloud,
+                created=made))
             mesh.materials.append(mat)
 
             cam_data = made.add(bpy.data.cameras, bpy.data.cameras.new(f"{name} camera"))

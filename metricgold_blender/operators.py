@@ -7,6 +7,7 @@ The modal work lives in :class:`DepthTask`, a plain class whose :meth:`DepthTask
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -20,7 +21,7 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProperty, IntProperty, StringProperty
 
 from . import jobs, mesh_builder
-from .engine import depth_io, geometry
+from .engine import depth_io, geometry, mesh_size
 from .preferences import (
     RESOLUTION_FROM_PREFERENCES,
     OperatorResult,
@@ -83,6 +84,21 @@ class GeometryOptions:
     location: FloatVectorProperty(  # type: ignore[valid-type]
         name="Location", description="Where the camera goes (metres)", size=3, default=(0.0, 0.0, 0.0),
         subtype="TRANSLATION", options={"HIDDEN", "SKIP_SAVE"})
+    limit_vertices: BoolProperty(  # type: ignore[valid-type]
+        name="Limit Vertices",
+        description=f"Raise the stride so that a large depth gives at most {mesh_size.DEFAULT_MAX_VERTICES:,} "
+                    "vertices (or the processing resolution's pixel count, where larger: the depth has no finer "
+                    "detail). Off: a vertex at every (stride-th) pixel; a 24-megapixel photo then needs about 6 GB",
+        default=True)
+    size_note: StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # type: ignore[valid-type]  # the last size estimate
+
+    def plan(self, options: mesh_builder.BuildOptions, depth_shape: tuple[int, ...],
+             processing_pixels: int | None = None) -> tuple[mesh_builder.BuildOptions, Any]:
+        """``options`` with the stride the vertex limit asks for, and the size estimate (also kept for draw)."""
+        options, plan = plan_build(options, depth_shape, limit_vertices=self.limit_vertices,
+                                   processing_pixels=processing_pixels)
+        self.size_note = plan.describe()
+        return options, plan
 
     def build_options(self, point_cloud: bool) -> mesh_builder.BuildOptions:
         return mesh_builder.BuildOptions(
@@ -120,6 +136,9 @@ class GeometryOptions:
             for name in ("fx", "fy", "cx", "cy"):
                 col.prop(self, name)
         layout.prop(self, "stride")
+        layout.prop(self, "limit_vertices")
+        if self.size_note:
+            layout.label(text=self.size_note, icon="INFO")
         if point_cloud:
             layout.prop(self, "point_size")
         else:
@@ -129,9 +148,54 @@ class GeometryOptions:
             layout.prop(self, "shading")
 
 
-def _object_name(path: str) -> str:
-    stem = os.path.splitext(os.path.basename(path))[0] or "image"
-    return f"MetricGold {stem}"
+#: Extensions taken off a file or image name to name the objects.
+_KNOWN_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr", ".hdr", ".tga", ".npy"}
+
+
+def object_name(label: str) -> str:
+    """Objects' name for an image datablock name or a file path: its last part without an image extension or
+    Blender's ``.001`` duplicate suffix ("IMG_2041.JPG.001" -> "MetricGold IMG_2041"); "image" when nothing is left."""
+    base = re.split(r"[\\/]", label.strip())[-1]
+    base = re.sub(r"\.\d{3}$", "", base)
+    stem, ext = os.path.splitext(base)
+    if ext.lower() in _KNOWN_EXTENSIONS:
+        base = stem
+    base = base.strip()
+    return f"MetricGold {base or 'image'}"
+
+
+def plan_build(options: mesh_builder.BuildOptions, depth_shape: tuple[int, ...], *, limit_vertices: bool = True,
+               processing_pixels: int | None = None) -> tuple[mesh_builder.BuildOptions, Any]:
+    """The build options with the stride raised to the vertex budget (see ``mesh_size``), and the plan."""
+    hd, wd = int(depth_shape[0]), int(depth_shape[1])
+    limit = mesh_size.vertex_limit(processing_pixels) if limit_vertices else None
+    plan = mesh_size.plan_mesh(wd, hd, stride=options.stride, limit=limit, point_cloud=options.point_cloud)
+    return dataclasses.replace(options, stride=plan.stride), plan
+
+
+def processing_pixels(settings: dict[str, Any], depth_shape: tuple[int, ...]) -> int | None:
+    """Pixels the model worked at, from the worker's settings (None when it does not say)."""
+    resolution = settings.get("processing_resolution")
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 0:
+        return None
+    return mesh_size.processing_pixel_count(int(depth_shape[1]), int(depth_shape[0]), resolution)
+
+
+def depth_folder() -> str:
+    """Where predicted depth files are kept: ``//metricgold`` beside a saved .blend, else the extension's user
+    folder (kept across sessions and updates). Never a temporary folder: the report names the file."""
+    if bpy.data.filepath:
+        return os.path.join(os.path.dirname(bpy.path.abspath(bpy.data.filepath)), "metricgold")
+    return os.path.join(user_folder(), "depth")
+
+
+def user_folder() -> str:
+    """The extension's user folder; outside an installed extension (a source checkout), Blender's user data
+    folder ``datafiles/metricgold``."""
+    try:
+        return str(bpy.utils.extension_path_user(__package__, create=True))
+    except ValueError:  # not an extension
+        return str(bpy.utils.user_resource("DATAFILES", path="metricgold", create=True))
 
 
 def _existing_file(path: str, what: str) -> str:
@@ -149,7 +213,8 @@ def image_file_for_worker(image: Any, tmp_dir: str) -> str:
     if (image.source == "FILE" and image.packed_file is None and not image.is_dirty and os.path.isfile(path)
             and image.file_format in WORKER_FORMATS):
         return path
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", image.name) or "image"
+    # named after the image (the worker names the depth after the file): "photo.png" -> photo_depth.npy
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", object_name(image.name).removeprefix("MetricGold ")) or "image"
     out = os.path.join(tmp_dir, f"{safe}.png")
     copy = image.copy()
     try:
@@ -188,6 +253,7 @@ class DepthTask:
         report: Report,
         depth_dir: str = "",
         use_worker_camera: bool = False,
+        limit_vertices: bool = True,
     ) -> None:
         self.use_worker_camera = use_worker_camera  # the worker read the photo's EXIF (Blender's Python cannot)
         self.image_name = image_name
@@ -198,12 +264,18 @@ class DepthTask:
         self.name = name
         self.created = created
         self.report = report
-        if depth_dir:
-            os.makedirs(depth_dir, exist_ok=True)
-            self.out_dir = depth_dir
-        else:  # Blender's session temp folder, removed when Blender exits
-            self.out_dir = tempfile.mkdtemp(prefix="metricgold-", dir=bpy.app.tempdir or None)
-        worker_image = image_file_for_worker(bpy.data.images[image_name], self.out_dir)
+        self.limit_vertices = limit_vertices
+        self.size_note = ""
+        self.out_dir = depth_dir or depth_folder()
+        os.makedirs(self.out_dir, exist_ok=True)
+        # The worker's copy of a packed or unsaved image: removed when the task ends (the depth is kept).
+        self._scratch: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(
+            prefix="metricgold-", dir=bpy.app.tempdir or None)
+        try:
+            worker_image = image_file_for_worker(bpy.data.images[image_name], self._scratch.name)
+        except BaseException:
+            self._remove_scratch()
+            raise
         self.job = jobs.PredictionJob(
             lambda: jobs.shared_client(settings.python, settings.model, settings.device),
             worker_image, self.out_dir, predict_options,
@@ -242,9 +314,21 @@ class DepthTask:
             self._area.header_text_set(None)
             self._area = None
 
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    def _say(self, context: Any, level: set[str], text: str) -> None:
+        """Report now; without a window (scripts) also print at once: reports are printed when the operator ends."""
+        self.report(level, text)
+        if not has_ui(context):
+            print(text, flush=True)
+
     def cancel(self, context: Any) -> OperatorResult:
         """Esc: cancel the worker's request and leave the scene as it was."""
         self.job.cancel()
+        self._remove_scratch()
         self._clear_progress(context)
         self.created.remove_all()
         self.report({"WARNING"}, "MetricGold: cancelled")
@@ -256,6 +340,7 @@ class DepthTask:
             self._show_progress(context)
             return {"RUNNING_MODAL"}
         self._clear_progress(context)
+        self._remove_scratch()
         if job.state == "cancelled":
             self.created.remove_all()
             self.report({"WARNING"}, "MetricGold: cancelled")
@@ -290,9 +375,14 @@ class DepthTask:
                 source = f"{camera.description} [{camera.focal_source}]"
             else:
                 k, source = self.resolve_intrinsics(width, height, self.photo_path)
+            options, plan = plan_build(self.build_options, result.depth.shape, limit_vertices=self.limit_vertices,
+                                       processing_pixels=processing_pixels(result.settings, result.depth.shape))
+            self.size_note = plan.describe()
+            if self.size_note:  # before building: a lifted limit may take long
+                self._say(context, {"WARNING"} if plan.limit is None else {"INFO"}, f"MetricGold: {self.size_note}")
             self.result = mesh_builder.build_depth_scene(
                 context, result.depth, k, name=self.name, image=image, uncertainty=result.uncertainty,
-                options=self.build_options, created=self.created,
+                options=options, created=self.created,
             )
         except Exception as e:  # leave the scene as it was; say why, don't raise into the UI
             self.created.remove_all()
@@ -304,8 +394,9 @@ class DepthTask:
             self.result.camera["metricgold_camera"] = source
         model = result.model or {}
         licence = f", {model.get('kind')} model, licence {model.get('licence') or 'unknown'}" if model else ""
-        self.report({"INFO"}, f"MetricGold: {self.name}: {self.result.vertex_count} {what}, camera from {source}, "
-                              f"depth {result.depth_path}{licence}{demo}")
+        stride = f" (stride {options.stride})" if options.stride > 1 else ""
+        self.report({"INFO"}, f"MetricGold: {self.name}: {self.result.vertex_count} {what}{stride}, camera from "
+                              f"{source}, depth {result.depth_path}{licence}{demo}")
         return {"FINISHED"}
 
 
@@ -387,9 +478,10 @@ class _ImageToDepth(GeometryOptions):
             self._task = DepthTask(
                 image_name=image.name, photo_path=photo_path, settings=settings, predict_options=options,
                 build_options=self.build_options(self.point_cloud), resolve_intrinsics=self.resolve_intrinsics,
-                name=_object_name(photo_path or image.name), created=created, report=self.report,  # type: ignore[attr-defined]
+                name=object_name(image.name), created=created, report=self.report,  # type: ignore[attr-defined]
                 depth_dir=bpy.path.abspath(self.depth_dir) if self.depth_dir else "",
                 use_worker_camera=self.intrinsics_mode == "AUTO",
+                limit_vertices=self.limit_vertices,
             )
         except (mesh_builder.BuildError, OSError) as e:
             created.remove_all()
@@ -411,6 +503,7 @@ class _ImageToDepth(GeometryOptions):
                 time.sleep(0.05)
         except KeyboardInterrupt:
             return self._task.cancel(context)
+        self.size_note = self._task.size_note
         return state
 
     def modal(self, context: Any, event: Any) -> OperatorResult:
@@ -422,6 +515,7 @@ class _ImageToDepth(GeometryOptions):
             state = self._task.step(context)
             if state != {"RUNNING_MODAL"}:
                 self._end(context)
+                self.size_note = self._task.size_note
             return state
         return {"PASS_THROUGH"}  # the UI stays usable while the worker runs
 
@@ -508,9 +602,14 @@ class METRICGOLD_OT_depth_map_to_mesh(GeometryOptions, bpy.types.Operator):
             else:
                 height, width = depth.shape
             k, source = self.resolve_intrinsics(width, height, photo_path)
+            options, plan = self.plan(self.build_options(self.point_cloud), depth.shape)
+            if self.size_note:  # before building: a lifted limit may take long
+                self.report({"WARNING"} if plan.limit is None else {"INFO"}, f"MetricGold: {self.size_note}")
+                if not has_ui(context):
+                    print(f"MetricGold: {self.size_note}", flush=True)
             result = mesh_builder.build_depth_scene(
-                context, depth, k, name=_object_name(photo_path or depth_path), image=image, uncertainty=uncertainty,
-                options=self.build_options(self.point_cloud), created=created,
+                context, depth, k, name=object_name(image.name if image is not None else depth_path),
+                image=image, uncertainty=uncertainty, options=options, created=created,
             )
         except (mesh_builder.BuildError, depth_io.DepthFileError, ValueError) as e:
             created.remove_all()
@@ -519,7 +618,9 @@ class METRICGOLD_OT_depth_map_to_mesh(GeometryOptions, bpy.types.Operator):
         what = "points" if self.point_cloud else "vertices"
         if result.camera is not None:
             result.camera["metricgold_camera"] = source
-        self.report({"INFO"}, f"MetricGold: {result.object.name}: {result.vertex_count} {what}, camera from {source}")
+        stride = f" (stride {options.stride})" if options.stride > 1 else ""
+        self.report({"INFO"}, f"MetricGold: {result.object.name}: {result.vertex_count} {what}{stride}, camera from "
+                              f"{source}")
         return {"FINISHED"}
 
     def draw(self, context: Any) -> None:

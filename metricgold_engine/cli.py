@@ -7,6 +7,8 @@
 - ``NAME_depth16.png``      uint16 millimetres (clipped to 1 mm .. 65.535 m; 0 = invalid)
 - ``NAME_depth_color.png``  colour-mapped preview with a legend of the range in metres
 - ``NAME_uncertainty.npy``  float32 metres (ensemble spread), with ``--uncertainty``
+- ``NAME.ply``              with ``--formats ...,ply``: binary PLY point cloud in metres, camera looking down -Z,
+  +Y up (Blender/OpenGL), coloured from the photo (see :mod:`metricgold_engine.core.pointcloud`)
 - ``NAME_camera.json``      the camera of the depth: fx, fy, cx, cy (pixels), width, height, focal_source
                             (user, exif, model or default), focal_35mm, description
 
@@ -32,6 +34,11 @@ from typing import Any
 from . import __version__
 from .batch import check_output_dir, collect_images, output_names
 from .core.errors import MetricGoldError, OutputNotWritable
+
+
+#: Output formats of ``predict``; ``ply`` (a point cloud) is asked for explicitly.
+FORMATS = ("npy", "exr", "png16", "color", "ply")
+DEFAULT_FORMATS = ("npy", "exr", "png16", "color")
 
 
 def _positive_int(text: str) -> int:
@@ -68,9 +75,6 @@ MODEL_OPTION_FLAGS = {
     "seed": "--seed", "timestep_spacing": "--timestep-spacing", "ensemble_reduction": "--reduction",
     "batch_size": "--batch-size", "output_uncertainty": "--uncertainty", "flip_average": "--flip-average",
 }
-
-
-PHOTO_FORMATS = "npy,exr,png16,color"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
     p.add_argument("--formats", default=None,
-                   help="comma-separated outputs among npy, exr, png16, color (default: all for photos, exr for "
-                        "sequences)")
+                   help=f"comma-separated outputs among {', '.join(FORMATS)} (default: {','.join(DEFAULT_FORMATS)}; "
+                        "for a video or sequence: exr); ply = coloured point cloud in metres")
     add_sequence_arguments(p)
 
     t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random MetricGold checkpoint (tests, CPU demos)")
@@ -131,10 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_prediction(
-    out_dir: Path, name: str, output: Any, formats: Sequence[str], camera: Any = None
+    out_dir: Path, name: str, output: Any, formats: Sequence[str], camera: Any = None, image: Any = None
 ) -> list[Path]:
     """Write one prediction's files (each atomically); returns their paths. ``camera``
-    (:class:`~metricgold_engine.core.geometry.Camera`): also ``NAME_camera.json``."""
+    (:class:`~metricgold_engine.core.geometry.Camera`): also ``NAME_camera.json``, and the camera of ``ply``, which
+    also needs the ``image`` (the photo, for colours)."""
     from .core import depth_io
 
     writers = {
@@ -146,6 +151,10 @@ def write_prediction(
     written: list[Path] = []
     try:
         for fmt in formats:
+            if fmt == "ply":
+                k = camera.intrinsics if camera is not None else None
+                written.append(write_point_cloud(out_dir / f"{name}.ply", output, image, k))
+                continue
             filename, writer = writers[fmt]
             writer(out_dir / filename, output.depth)
             written.append(out_dir / filename)
@@ -162,6 +171,41 @@ def write_prediction(
             path.unlink(missing_ok=True)
         raise
     return written
+
+
+def write_point_cloud(path: Path, output: Any, image: Any, intrinsics: Any = None) -> Path:
+    """``NAME.ply``: the prediction unprojected through ``intrinsics`` (default: the photo's camera, EXIF focal length
+    > the model's estimate > the default field of view), coloured by the photo, with the uncertainty when there is
+    one."""
+    import numpy as np
+
+    from .core.geometry import exif_focal, resolve_camera
+    from .core.pointcloud import write_depth_ply
+    from .image_io import load_rgb_image
+
+    depth = np.asarray(output.depth)
+    h, w = depth.shape
+    rgb = np.asarray(load_rgb_image(image), dtype=np.uint8)  # EXIF orientation applied, as for the depth
+    if intrinsics is None:
+        exif = exif_focal(image) if isinstance(image, (str, Path)) else None
+        intrinsics = resolve_camera(w, h, exif=exif, model_focal_px=getattr(output, "focal_px", None)).intrinsics
+    return write_depth_ply(path, depth, intrinsics, rgb=rgb, uncertainty=output.uncertainty)
+
+
+def model_options(args: argparse.Namespace, parser_defaults: dict[str, Any], known: Sequence[str]) -> dict[str, Any]:
+    """The options to hand the model: those it knows; a flag it does not know is refused when set by the user
+    (the parser's defaults for MetricGold's flags are simply not passed to another kind of model)."""
+    options, refused = {}, []
+    for key, flag in MODEL_OPTION_FLAGS.items():
+        value = getattr(args, key)
+        if key in known:
+            options[key] = value
+        elif value != parser_defaults.get(key):
+            refused.append(flag)
+    if refused:
+        raise ValueError(f"{', '.join(refused)}: not an option of this model (its options: "
+                         f"{', '.join(MODEL_OPTION_FLAGS[k] for k in known if k in MODEL_OPTION_FLAGS) or 'none'})")
+    return options
 
 
 def _describe_failure(exc: BaseException) -> str:
@@ -196,6 +240,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .backends.photo import predict_photo
     from .core.demo_model import DEMO_MODEL_NOTE
     from .core.errors import CheckpointError
+    from .sharding import ShardingError, current_shard, map_sharded
 
     if is_sequence_request(args):
         return cmd_predict_sequence(args)
@@ -203,11 +248,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: {', '.join(sequence_flags_given(args))}: only for a video, or with --sequence for a folder or "
               "pattern of frames", file=sys.stderr)
         return 2
-    formats = [f.strip() for f in (args.formats or PHOTO_FORMATS).split(",") if f.strip()]
-    unknown = sorted(set(formats) - {"npy", "exr", "png16", "color"})
+    formats = [f.strip() for f in (args.formats or ",".join(DEFAULT_FORMATS)).split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         print(f"error: --formats: unknown output format(s) {', '.join(unknown) or '(none given)'}; "
-              "choose among npy, exr, png16, color", file=sys.stderr)
+              f"choose among {', '.join(FORMATS)}", file=sys.stderr)
         return 2
     images, failures = collect_images(args.inputs)
     if not images:
@@ -221,38 +266,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     try:
-        estimator = load_estimator(args.model, device=args.device, dtype=args.dtype)
+        shard = current_shard()  # this process's part of the images under `accelerate launch`; all of them otherwise
+        with shard.main_first():  # a Hub id is downloaded once
+            estimator = load_estimator(args.model, device=shard.device(args.device), dtype=args.dtype)
         info = estimator.info()
         defaults = vars(build_parser().parse_args(["predict", "IMAGE", "--out", "OUT"]))
         options = model_options(args, defaults, list(info.default_options))
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, ShardingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     licence = info.licence or "unknown (no licence in the model card: check before use)"
-    print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
-    if info.demo_model:
+    if shard.is_main:
+        print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
+    if info.demo_model and shard.is_main:
         print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
               file=sys.stderr)
     pipeline = getattr(estimator, "pipeline", None)
     if pipeline is not None:
-        pipeline.set_progress_bar_config(leave=False, desc="denoising")
-    done = 0
-    started = time.perf_counter()
-    for image, name in tqdm(list(zip(images, output_names(images))), desc="images", unit="img"):
+        pipeline.set_progress_bar_config(leave=False, desc="denoising", disable=shard.count > 1)  # one bar in all
+
+    def predict_one(_: int, item: tuple[Path, str]) -> tuple[str, str] | None:
+        image, name = item
         try:  # one bad image (unreadable, too large, out of memory while writing) never stops the others
             result = predict_photo(estimator, image, fov_deg=args.fov_deg, focal_35mm=args.focal_35mm, **options)
-            write_prediction(out_dir, name, result.prediction, formats, camera=result.camera)
-            done += 1
+            write_prediction(out_dir, name, result.prediction, formats, camera=result.camera, image=image)
+            return None
         except Exception as exc:
             problem = _describe_failure(exc)
-            failures.append((str(image), problem))
             tqdm.write(f"error: {problem if problem.startswith(str(image)) else f'{image}: {problem}'}",
                        file=sys.stderr)
+            return (str(image), problem)
+
+    started = time.perf_counter()
+    results = map_sharded(list(zip(images, output_names(images))), predict_one, shard)
     seconds = time.perf_counter() - started
+    failed = [problem for _, problem in results if problem is not None]
+    failures.extend(failed)
+    if not shard.is_main:  # the main process reports for all
+        return 1 if failures else 0
+    done = len(results) - len(failed)
+    on = f" by {shard.count} processes" if shard.count > 1 else ""
     if failures:
-        print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s; {len(failures)} failed:", file=sys.stderr)
+        print(f"{done} image(s) written to {out_dir}{on} in {seconds:.1f} s; {len(failures)} failed:",
+              file=sys.stderr)
     else:
-        print(f"{done} image(s) written to {out_dir} in {seconds:.1f} s", file=sys.stderr)
+        print(f"{done} image(s) written to {out_dir}{on} in {seconds:.1f} s", file=sys.stderr)
     print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
     for item, problem in failures:
         print(f"  failed: {problem if problem.startswith(item) else f'{item}: {problem}'}", file=sys.stderr)

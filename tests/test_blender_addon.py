@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -300,7 +301,7 @@ def photo(tmp_path) -> Path:
     return tmp_path / "room.png"
 
 
-def test_worker_end_to_end_mesh(scene, worker_prefs, photo):
+def test_worker_end_to_end_mesh(addon, scene, worker_prefs, photo):
     assert bpy.ops.metricgold.test_worker() == {"FINISHED"}
     assert bpy.ops.metricgold.image_to_depth_mesh(filepath=str(photo), ensemble=2, synchronous=True) == {"FINISHED"}
     obj = bpy.data.objects["MetricGold room"]
@@ -313,8 +314,8 @@ def test_worker_end_to_end_mesh(scene, worker_prefs, photo):
     obj.data.attributes["depth"].data.foreach_get("value", depth)
     assert np.isfinite(depth).all() and (depth > 0).all()
     # the depth the worker wrote is what the mesh holds, pixel by pixel (row-major vertices: no invalid pixels)
-    written = sorted(Path(bpy.app.tempdir).glob("metricgold-*/room_depth.npy"), key=lambda p: p.stat().st_mtime)
-    np.testing.assert_array_equal(depth, np.load(written[-1]).reshape(-1))
+    written = Path(mod(addon, "operators").depth_folder()) / "room_depth.npy"  # unsaved file: the user folder
+    np.testing.assert_array_equal(depth, np.load(written).reshape(-1))
     uncertainty = np.empty(16 * 24, np.float32)
     obj.data.attributes["uncertainty"].data.foreach_get("value", uncertainty)  # ensemble of 2: a spread
     assert (uncertainty >= 0).all() and uncertainty.max() > 0
@@ -499,3 +500,159 @@ def test_test_worker_names_the_model_kind_and_licence(addon, tmp_path, monkeypat
     assert settings.model == "apple/DepthPro-hf" and prefs.check_worker_python(settings) is None
     settings = prefs.Settings(python_executable=sys.executable, model_dir=str(tmp_path / "missing"))
     assert "model folder not found" in prefs.check_worker_python(settings)
+
+
+# ---- issue 14: large photos, RGBA photos, where depth files are kept, names --------------------------------------
+
+
+def test_large_depth_is_subsampled_to_the_vertex_limit(addon, scene, tmp_path, capfd):
+    # 1500 x 1000 = 1.5 million pixels: above the default limit of a million vertices, so stride 2 (750 x 500)
+    depth = np.full((1000, 1500), 2.0, np.float32)
+    depth_io.write_depth_npy(tmp_path / "big.npy", depth)
+    assert bpy.ops.metricgold.depth_map_to_mesh(filepath=str(tmp_path / "big.npy")) == {"FINISHED"}
+    obj = bpy.data.objects["MetricGold big"]
+    assert len(obj.data.vertices) == 750 * 500
+    out = capfd.readouterr().out
+    # the estimate is printed before the mesh is built (reports print when the operator ends)
+    note = "MetricGold: 1500 x 1000 depth: stride 2 gives 375,000 vertices (limit 1,000,000); without the limit: " \
+           "1,500,000 vertices, about 390.0 MB of memory and a 60.0 MB .blend"
+    assert note in out and out.index(note) < out.index("Info: MetricGold: MetricGold big: 375000 vertices (stride 2)")
+    # the vertices still sit on their pixels: every other pixel of the full-resolution grid
+    k = mod(addon, "engine").geometry.resolve_intrinsics(1500, 1000)[0]
+    world = vertex_positions(obj)
+    assert world[1, 0] - world[0, 0] == pytest.approx(2 * 2.0 / k.fx, abs=1e-6)  # float32 positions
+
+    assert bpy.ops.metricgold.depth_map_to_mesh(filepath=str(tmp_path / "big.npy"), limit_vertices=False) == {
+        "FINISHED"}
+    assert len(bpy.data.objects["MetricGold big.001"].data.vertices) == 1500 * 1000
+    out = capfd.readouterr().out
+    assert ("MetricGold: 1500 x 1000 depth, vertex limit off: 1,500,000 vertices, about 390.0 MB of memory and a "
+            "60.0 MB .blend") in out
+
+
+def test_vertex_limit_follows_the_processing_resolution(addon):
+    ops = mod(addon, "operators")
+    options = mod(addon, "mesh_builder").BuildOptions()
+    # the worker worked at 2048 px on a 6000 x 4000 photo: 2048 x 1365 pixels of detail, so stride 3, not 5
+    pixels = ops.processing_pixels({"processing_resolution": 2048}, (4000, 6000))
+    assert pixels == 2048 * 1365
+    assert ops.plan_build(options, (4000, 6000), processing_pixels=pixels)[0].stride == 3
+    assert ops.plan_build(options, (4000, 6000))[0].stride == 5  # no processing resolution known: a million
+    assert ops.processing_pixels({}, (4000, 6000)) is None
+    # native resolution: every pixel is detail, nothing subsampled; a lifted limit keeps the user's stride
+    native = ops.processing_pixels({"processing_resolution": 0}, (4000, 6000))
+    assert ops.plan_build(options, (4000, 6000), processing_pixels=native)[0].stride == 1
+    assert ops.plan_build(options, (4000, 6000), limit_vertices=False)[0].stride == 1
+
+
+def _rgba_photo(path: Path) -> np.ndarray:
+    """An 8 x 6 RGBA photo: saturated colours under alpha 0, 64, 128, 200 and 255."""
+    rng = np.random.default_rng(3)
+    rgba = (rng.random((6, 8, 4)) * 255).astype(np.uint8)
+    rgba[..., 3] = np.array([0, 64, 128, 200, 255, 255, 0, 128], np.uint8)[None, :]
+    rgba[:, 0, :3] = (255, 0, 0)  # pure red under alpha 0: must show as white
+    Image.fromarray(rgba, "RGBA").save(path)
+    return rgba
+
+
+def test_rgba_photo_renders_on_white_like_the_depth_input(addon, scene, tmp_path):
+    from metricgold_engine.image_io import load_rgb_image  # what the worker computes the depth from
+
+    _rgba_photo(tmp_path / "cutout.png")
+    expected = np.asarray(load_rgb_image(tmp_path / "cutout.png")).astype(np.float64)
+    depth_io.write_depth_npy(tmp_path / "cutout_depth.npy", np.full((6, 8), 2.0))
+    assert bpy.ops.metricgold.depth_map_to_mesh(
+        filepath=str(tmp_path / "cutout_depth.npy"), image_path=str(tmp_path / "cutout.png")) == {"FINISHED"}
+    # Render the mesh through its camera, a sample at each pixel centre (tiny filter), colours as they are.
+    scene.render.engine = "CYCLES"
+    scene.cycles.device, scene.cycles.samples = "CPU", 4
+    scene.cycles.filter_width = 0.01
+    scene.view_settings.view_transform = "Standard"
+    scene.render.dither_intensity = 0.0
+    scene.cycles.use_denoising = False  # the denoiser would blur neighbouring pixels together
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(tmp_path / "render.png")
+    bpy.ops.render.render(write_still=True)
+    with Image.open(tmp_path / "render.png") as im:
+        rendered = np.asarray(im.convert("RGB")).astype(np.float64)
+    assert rendered.shape == expected.shape
+    # interior pixels (the mesh stops half a pixel short of the frame); alpha 0 shows white, not the colour under it
+    inner = (slice(1, -1), slice(1, -1))
+    np.testing.assert_allclose(rendered[inner], expected[inner], atol=2.0)
+    assert (rendered[1:-1, 6] == 255).all()
+
+    # Point clouds take the same composite into their colour attribute (linear; compare in sRGB).
+    assert bpy.ops.metricgold.depth_map_to_mesh(
+        filepath=str(tmp_path / "cutout_depth.npy"), image_path=str(tmp_path / "cutout.png"), point_cloud=True,
+        stride=1) == {"FINISHED"}
+    pc = bpy.data.objects["MetricGold cutout.001"]
+    col = np.empty(48 * 4, np.float32)
+    pc.data.color_attributes["Color"].data.foreach_get("color_srgb", col)
+    np.testing.assert_allclose(col.reshape(6, 8, 4)[..., :3] * 255, expected, atol=0.6)
+
+
+def test_on_white_node_group_matches_the_numpy_formula(addon, scene):
+    # The node group, evaluated node by node, against mesh_builder.on_white and Pillow's formula on bytes.
+    mb = mod(addon, "mesh_builder")
+    group = mb.on_white_node_group()
+    ops = {"LESS_THAN": lambda a, b, c: (a < b) * 1.0, "MULTIPLY_ADD": lambda a, b, c: a * b + c,
+           "SUBTRACT": lambda a, b, c: a - b, "MULTIPLY": lambda a, b, c: a * b, "DIVIDE": lambda a, b, c: a / b,
+           "POWER": lambda a, b, c: np.power(a, b)}
+    rng = np.random.default_rng(0)
+    srgb8 = rng.integers(0, 256, size=(500, 3))
+    alpha8 = rng.integers(0, 256, size=500)
+    linear = mb._SRGB_BYTE_TO_LINEAR[srgb8].astype(np.float64)
+    inputs = {("Color", "Red"): linear[:, 0], ("Color", "Green"): linear[:, 1], ("Color", "Blue"): linear[:, 2]}
+
+    def value(socket):
+        if not socket.is_linked:
+            return socket.default_value
+        link = socket.links[0]
+        node, out = link.from_node, link.from_socket
+        if node.type == "SEPARATE_COLOR":
+            return inputs[("Color", out.name)]
+        if node.type == "GROUP_INPUT":
+            return alpha8 / 255.0
+        a, b, c = (value(s) for s in node.inputs[:3])
+        return ops[node.operation](a, b, c)
+
+    join = next(n for n in group.nodes if n.type == "COMBINE_COLOR")
+    got = np.stack([value(join.inputs[i]) for i in range(3)], axis=-1)
+    np.testing.assert_allclose(got, mb.on_white(linear, alpha8 / 255.0), atol=1e-6)  # float32 node constants
+    # Pillow's alpha_composite on white, in bytes: round(a * c + (255 - a)) within one level
+    pillow = np.asarray(Image.alpha_composite(
+        Image.new("RGBA", (500, 1), (255, 255, 255, 255)),
+        Image.fromarray(np.concatenate([srgb8, alpha8[:, None]], 1)[None].astype(np.uint8), "RGBA")).convert("RGB"))
+    encoded = mb._linear_to_srgb(got) * 255.0
+    assert np.abs(encoded - pillow[0]).max() <= 1.0
+
+
+def test_depth_file_is_kept_beside_the_saved_blend(addon, scene, worker_prefs, photo, tmp_path):
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    reports: list = []
+    task = _task(addon, photo, reports)
+    task.start(bpy.context)
+    assert _drive(task) == {"FINISHED"}, reports
+    depth_path = re.search(r", depth (\S+\.npy)", reports[-1][1]).group(1)
+    assert depth_path == str(tmp_path / "metricgold" / "room_depth.npy")
+    assert np.load(depth_path).shape == (16, 24)
+    assert not list(Path(bpy.app.tempdir).glob("metricgold-*"))  # the task's temporary folder is gone, the depth stays
+    bpy.ops.wm.read_homefile(use_empty=True)
+
+
+def test_packed_renamed_image_names_objects_and_keeps_its_depth(addon, scene, worker_prefs, photo):
+    image = bpy.data.images.load(str(photo))
+    image.pack()
+    image.name = "Kitchen"  # the file is room.png; the user named the image Kitchen
+    ops = mod(addon, "operators")
+    assert bpy.ops.metricgold.image_to_depth_mesh(image_name="Kitchen", synchronous=True) == {"FINISHED"}
+    assert "MetricGold Kitchen" in bpy.data.objects and "MetricGold Kitchen camera" in bpy.data.objects
+    assert "MetricGold Kitchen" in bpy.data.collections
+    # unsaved .blend: the depth goes to the extension's user folder, not to a temporary folder
+    folder = ops.depth_folder()
+    assert folder == os.path.join(bpy.utils.extension_path_user(addon), "depth")
+    written = Path(folder) / "Kitchen_depth.npy"
+    assert np.load(written).shape == (16, 24)
+    # the worker's PNG copy of the packed image was in a temporary folder that is gone again
+    assert not list(Path(bpy.app.tempdir).glob("metricgold-*/Kitchen.png"))
+    written.unlink()

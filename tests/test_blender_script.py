@@ -155,3 +155,142 @@ def test_depth_pro_model_camera_from_exif_through_the_worker(tmp_path):
     expected = ref["predicted_depth"].numpy().astype(np.float64) * fx / float(ref["focal_length"])
     depth = np.load(tmp_path / "pro_depth" / "phone_depth.npy")
     assert np.max(np.abs(depth / expected - 1)) < 1e-4
+
+
+def test_ply_point_cloud_through_the_built_camera(tmp_path):
+    """--ply: the point cloud is the depth unprojected through the camera the script built (non-square pixels and an
+    off-centre principal point, so the camera -> intrinsics inverse is exercised), coloured with the photo."""
+    from test_pointcloud import read_ply, reference_points
+
+    photo = make_photo(tmp_path / "desk.png", 32, 24, seed=3)
+    depth = np.linspace(1.0, 3.0, 24 * 32).reshape(24, 32)
+    depth[3, 4] = 0.0  # invalid: left out
+    depth_io.write_depth_npy(tmp_path / "desk_depth.npy", depth)
+    (tmp_path / "clouds").mkdir()
+    proc = run_script(photo, "--depth", tmp_path / "desk_depth.npy", "--intrinsics", 30, 27, 14.0, 12.5,
+                      "--out", tmp_path / "scene.blend", "--ply", tmp_path / "clouds")
+    assert "desk.ply" in proc.stdout
+    _, rec = read_ply(tmp_path / "clouds" / "desk.ply")
+    ref, where = reference_points(depth.astype(np.float32), 30.0, 27.0, 14.0, 12.5)
+    assert len(rec) == 32 * 24 - 1
+    np.testing.assert_allclose(np.stack([rec["x"], rec["y"], rec["z"]], axis=1), ref, rtol=1e-5, atol=1e-6)
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    np.testing.assert_array_equal(np.stack([rec["red"], rec["green"], rec["blue"]], axis=1),
+                                  rgb[where[:, 0], where[:, 1]])
+    assert sorted(p.name for p in (tmp_path / "clouds").iterdir()) == ["desk.ply"]
+
+
+# ---- issue 14 ---------------------------------------------------------------------------------------------------
+
+
+def test_vertex_limit_and_its_estimate_in_the_output(tmp_path):
+    photo = make_photo(tmp_path / "wide.png", 1500, 1000)
+    depth_io.write_depth_npy(tmp_path / "wide_depth.npy", np.full((1000, 1500), 3.0))
+    proc = run_script(photo, "--depth", tmp_path / "wide_depth.npy", "--out", tmp_path / "a.blend")
+    note = ("1500 x 1000 depth: stride 2 gives 375,000 vertices (limit 1,000,000); without the limit: 1,500,000 "
+            "vertices, about 390.0 MB of memory and a 60.0 MB .blend")
+    assert note in proc.stdout and proc.stdout.index(note) < proc.stdout.index("wrote")  # said before building
+    assert describe(tmp_path / "a.blend")["collections"]["MetricGold wide"]["MetricGold wide"]["vertices"] == 375_000
+    proc = run_script(photo, "--depth", tmp_path / "wide_depth.npy", "--no-vertex-limit", "--out", tmp_path / "b.blend")
+    assert "1500 x 1000 depth, vertex limit off: 1,500,000 vertices, about 390.0 MB of memory" in proc.stdout
+    assert describe(tmp_path / "b.blend")["collections"]["MetricGold wide"]["MetricGold wide"]["vertices"] == 1_500_000
+
+
+def test_several_photos_each_preview_shows_its_own_mesh(tmp_path, tiny_checkpoint):
+    # A red and a blue photo of different shapes: each preview must show only its own photo, at its own size.
+    Image.new("RGB", (24, 16), (255, 0, 0)).save(tmp_path / "red.png")
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(tmp_path / "blue.png")
+    out = tmp_path / "two.blend"
+    proc = run_script(tmp_path / "red.png", tmp_path / "blue.png", "--model", tiny_checkpoint, "--device", "cpu",
+                      "--steps", 1, "--ensemble", 1, "--max-jump", 0, "--out", out, "--render", tmp_path / "p.png")
+    assert f"rendered {tmp_path / 'p_red.png'}" in proc.stdout and f"rendered {tmp_path / 'p_blue.png'}" in proc.stdout
+    assert not (tmp_path / "p.png").exists()
+    for name, size, own, other in (("red", (640, 426), 0, 2), ("blue", (640, 320), 2, 0)):
+        with Image.open(tmp_path / f"p_{name}.png") as im:
+            assert im.size == size
+            px = np.asarray(im.convert("RGB")).astype(np.int64)
+        mine = (px[..., own] > 150) & (px[..., other] < 60)
+        theirs = (px[..., other] > 150) & (px[..., own] < 60)
+        # the mesh stops half a pixel short of the frame: 19/20 x 9/10 of it for the blue photo
+        assert mine.mean() > 0.8 and theirs.sum() == 0, (name, mine.mean(), theirs.sum())
+    # the saved file still looks through the last photo's camera
+    assert describe(out)["camera"] == "MetricGold blue camera"
+
+
+INTERRUPT_WRAPPER = r"""
+import runpy, signal, sys
+import bpy  # noqa: F401  Blender as a module, set up before the script runs
+# Blender 4.2 installs its own SIGINT handler, which only sets an internal break flag: stand in for it with one
+# that does nothing at all. The script must take Ctrl-C back for itself.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid``, started from any of its threads (the worker is started from a thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_cancels_a_headless_run_whatever_handler_blender_installed(tmp_path, tiny_checkpoint):
+    import os
+    import signal
+    import time
+
+    photo = make_photo(tmp_path / "slow.png", 24, 16)
+    out = tmp_path / "slow.blend"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPT_WRAPPER, str(SCRIPT), str(photo), "--model", str(tiny_checkpoint),
+         "--device", "cpu", "--steps", "200", "--ensemble", "20", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        assert workers, "the worker did not start"
+        time.sleep(8.0)  # the worker loads its model and starts denoising (200 steps x 20: minutes)
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends (the worker has its own session)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert time.monotonic() - t0 < 15
+    assert "image_to_mesh: cancelled (Ctrl-C)" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    # the worker was shut down too (closed by the add-on, or at the end of its input if it was still starting)
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_ply_colours_of_an_rgba_photo_are_composited_on_white(tmp_path):
+    """The PLY's colours are what the depth was computed from: an RGBA photo composited on white (image_io)."""
+    from test_pointcloud import read_ply
+
+    from metricgold_engine.image_io import load_rgb_image
+
+    rng = np.random.default_rng(5)
+    rgba = (rng.random((24, 32, 4)) * 255).astype(np.uint8)
+    rgba[..., 3] = np.where(rng.random((24, 32)) < 0.5, 0, rgba[..., 3])  # many fully transparent pixels
+    photo = tmp_path / "cutout.png"
+    Image.fromarray(rgba, mode="RGBA").save(photo)
+    depth_io.write_depth_npy(tmp_path / "cutout_depth.npy", np.full((24, 32), 2.0))
+    (tmp_path / "clouds").mkdir()
+    run_script(photo, "--depth", tmp_path / "cutout_depth.npy", "--out", tmp_path / "scene.blend",
+               "--ply", tmp_path / "clouds")
+    _, rec = read_ply(tmp_path / "clouds" / "cutout.ply")
+    got = np.stack([rec["red"], rec["green"], rec["blue"]], axis=1).astype(int)
+    expected = np.asarray(load_rgb_image(photo)).reshape(-1, 3).astype(int)  # row-major, every pixel valid
+    assert np.abs(got - expected).max() <= 1

@@ -165,12 +165,14 @@ def test_cli_end_to_end_with_tiny_checkpoint(tiny_checkpoint: Path, tmp_path: Pa
     assert rc == 0
     data = json.loads((out / "metrics.json").read_text())
     assert data["num_images"] == 2 and data["settings"]["num_inference_steps"] == 2
+    (model,) = data["models"]
+    assert model["model"] == str(tiny_checkpoint) and model["kind"] == "metricgold"
     for table in ("metrics", "aligned_metrics"):
-        for v in data[table].values():
+        for v in model[table].values():
             assert np.isfinite(v)
     # A random tiny model is far from right (the next test checks the numbers against its own predictions).
-    assert 0.0 <= data["metrics"]["delta1"] <= 1.0 and data["metrics"]["abs_rel"] > 0
-    assert "affine-aligned" in (out / "metrics.md").read_text()
+    assert 0.0 <= model["metrics"]["delta1"] <= 1.0 and model["metrics"]["abs_rel"] > 0
+    assert "Affine-aligned" in (out / "metrics.md").read_text()
 
 
 @pytest.mark.slow
