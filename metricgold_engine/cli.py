@@ -217,22 +217,6 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def model_options(args: argparse.Namespace, parser_defaults: dict[str, Any], known: Sequence[str]) -> dict[str, Any]:
-    """The options to hand the model: those it knows; a flag it does not know is refused when set by the user
-    (the parser's defaults for MetricGold's flags are simply not passed to another kind of model)."""
-    options, refused = {}, []
-    for key, flag in MODEL_OPTION_FLAGS.items():
-        value = getattr(args, key)
-        if key in known:
-            options[key] = value
-        elif value != parser_defaults.get(key):
-            refused.append(flag)
-    if refused:
-        raise ValueError(f"{', '.join(refused)}: not an option of this model (its options: "
-                         f"{', '.join(MODEL_OPTION_FLAGS[k] for k in known if k in MODEL_OPTION_FLAGS) or 'none'})")
-    return options
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
