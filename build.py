@@ -9,8 +9,12 @@ The zip is what Blender 4.2+ installs (Preferences > Get Extensions > Install fr
     _vendor/metricgold_engine/__init__.py     the engine's version
     _vendor/metricgold_engine/core/           the engine's torch-free ground floor, whole (client, protocol,
                                               geometry, depth files, errors, ...), imported relatively
+    engine_wheel/metricgold-VERSION-py3-none-any.whl
+                                              the whole engine as a wheel (with the demo model), which the add-on's
+                                              *Set up worker* installs into the worker's environment; Blender never
+                                              imports it (it is not in the manifest's ``wheels``)
 
-Nothing else goes in: no torch-based module, no tests, no caches. Entries are sorted and time-stamped from the
+Nothing else goes in: no tests, no caches. Entries are sorted and time-stamped from the
 manifest's version only, so the same sources give the same bytes. The zip is checked with ``blender --command extension
 validate`` (a ``blender`` on PATH or ``--blender``; else the same command through ``bpy``, Blender as a module).
 """
@@ -37,6 +41,11 @@ MANIFEST = ROOT / "blender_manifest.toml"
 #: The engine's ground floor (torch-free, Pillow-free), vendored whole into the extension.
 CORE_DIR = ENGINE_DIR / "core"
 VENDOR_PREFIX = "_vendor/metricgold_engine/"
+#: The engine's wheel inside the zip (see metricgold_blender/engine.py, which looks for it there).
+WHEEL_DIR = "engine_wheel/"
+#: What the wheel is built from (copied to a temporary folder first: an in-tree build would leave build/ and
+#: *.egg-info behind, and a stale build/ could put deleted modules into the wheel).
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "metricgold_engine", "trainer", "metricgold_blender")
 #: Modules that must never be imported at module level by anything in the zip (Blender's Python lacks them).
 FORBIDDEN_TOP_LEVEL = {"torch", "diffusers", "transformers", "accelerate", "safetensors", "PIL", "OpenEXR", "tqdm"}
 REQUIRED_MANIFEST_KEYS = ("schema_version", "id", "version", "name", "tagline", "maintainer", "type",
@@ -108,6 +117,41 @@ def check_vendored_imports(name: str, source: str, available: set[str]) -> None:
                              "relative import")
 
 
+def build_engine_wheel(out_dir: Path) -> Path:
+    """``pip wheel --no-deps`` of a clean copy of the sources: ``out_dir/metricgold-VERSION-py3-none-any.whl``.
+
+    SOURCE_DATE_EPOCH fixes the wheel's time stamps, so the same sources give the same bytes.
+    """
+    import importlib.util
+
+    version = engine_version()
+    with tempfile.TemporaryDirectory(prefix="metricgold-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".mypy_cache")
+        for name in WHEEL_SOURCES:
+            path = ROOT / name
+            if path.is_dir():
+                shutil.copytree(path, src / name, ignore=ignore)
+            else:
+                shutil.copy2(path, src / name)
+        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(Path(tmp) / "out"), str(src)]
+        if importlib.util.find_spec("setuptools") is not None:
+            argv.insert(4, "--no-build-isolation")  # offline and quicker; else pip fetches setuptools for it
+        env = dict(os.environ, SOURCE_DATE_EPOCH="315532800", PIP_DISABLE_PIP_VERSION_CHECK="1")
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+        wheels = sorted((Path(tmp) / "out").glob("*.whl"))
+        if proc.returncode != 0 or len(wheels) != 1:
+            raise BuildError(f"building the engine wheel failed ({' '.join(argv)}):\n{proc.stdout}{proc.stderr}")
+        expected = f"metricgold-{version}-py3-none-any.whl"
+        if wheels[0].name != expected:
+            raise BuildError(f"the engine wheel is {wheels[0].name}, expected {expected}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / expected
+        shutil.move(str(wheels[0]), target)
+    return target
+
+
 def zip_entries() -> list[tuple[str, bytes]]:
     """(archive name, bytes) of everything the extension holds, sorted."""
     manifest = read_manifest()
@@ -135,6 +179,9 @@ def zip_entries() -> list[tuple[str, bytes]]:
         check_imports(f"core/{path.name}", source)
         check_vendored_imports(f"core/{path.name}", source, available)
         entries[VENDOR_PREFIX + "core/" + path.name] = source.encode("utf-8")
+    with tempfile.TemporaryDirectory(prefix="metricgold-wheel-out-") as tmp:
+        wheel = build_engine_wheel(Path(tmp))
+        entries[WHEEL_DIR + wheel.name] = wheel.read_bytes()
     return sorted(entries.items())
 
 
@@ -149,7 +196,8 @@ def build(out_dir: Path = ROOT / "dist") -> Path:
         with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for name, data in entries:
                 info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-                info.compress_type = zipfile.ZIP_DEFLATED
+                # a wheel is a zip already: stored as it is
+                info.compress_type = zipfile.ZIP_STORED if name.endswith(".whl") else zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, data)
         os.replace(tmp_name, target)  # never a half-written zip at the target path
@@ -196,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, with the engine wheel for the worker's set-up)")
     valid = validate_with_blender(path, args.blender)
     if valid is None:
         print("neither a blender binary nor bpy: skipped `blender --command extension validate`")

@@ -207,8 +207,10 @@ class WorkerServer:
 
     # ------------------------------------------------------------------------------------------------- compute
     def _compute_loop(self) -> None:
-        handlers: dict[str, Callable[[_Job], Any]] = {protocol.LOAD_MODEL: self._load_model, protocol.PREDICT: self._predict}
-        handlers[protocol.PREDICT_SEQUENCE] = self._predict_sequence
+        handlers: dict[str, Callable[[_Job], Any]] = {
+            protocol.LOAD_MODEL: self._load_model, protocol.UNLOAD_MODEL: self._unload_model,
+            protocol.PREDICT: self._predict, protocol.PREDICT_SEQUENCE: self._predict_sequence,
+        }
         while True:
             job = self._jobs.get()
             if job is None:
@@ -296,6 +298,19 @@ class WorkerServer:
         info = estimator.info()
         log.info("loaded %s (%s, licence %s) on %s", key[0], info.kind, info.licence or "unknown",
                  " ".join(_device_and_dtype(estimator)))
+
+    def unload(self) -> None:
+        """Drop the model and give its memory back (the device's cache too); the worker keeps running."""
+        old, self.estimator, self.model_key = self.estimator, None, None
+        if old is not None:
+            del old
+            gc.collect()
+            _empty_device_cache()
+            log.info("model unloaded")
+
+    def _unload_model(self, job: _Job) -> dict[str, Any]:
+        self.unload()
+        return self.info()
 
     def _load_model(self, job: _Job) -> dict[str, Any]:
         params = job.request.params

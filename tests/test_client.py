@@ -237,6 +237,21 @@ def test_sigkill_mid_request_raises_worker_died_and_the_next_call_restarts(clien
     assert client.info["model_loaded"]  # the model was loaded again
 
 
+def test_unload_model_frees_it_and_the_next_predict_reloads_the_same_model(tiny_checkpoint, image, tmp_path):
+    with WorkerClient(sys.executable, model=tiny_checkpoint, device="cpu", env=ENV) as c:
+        pid = c.pid
+        first = c.predict(image, tmp_path / "a", num_inference_steps=2, ensemble_size=1, seed=3).depth
+        info = c.unload_model()
+        assert info["model_loaded"] is False and info["model_path"] is None and c.pid == pid  # same process
+        assert c.hello()["model_loaded"] is False
+        # the next prediction loads the configured model again (not the built-in demo model) and matches
+        again = c.predict(image, tmp_path / "b", num_inference_steps=2, ensemble_size=1, seed=3).depth
+        assert Path(c.hello()["model_path"]) == tiny_checkpoint.resolve() and c.pid == pid
+        np.testing.assert_array_equal(first, again)
+        assert c.unload_model()["model_loaded"] is False
+        assert c.unload_model()["model_loaded"] is False  # nothing loaded: still fine
+
+
 def test_model_later_and_close_from_another_thread(tiny_checkpoint, image, tmp_path):
     c = WorkerClient(sys.executable, device="cpu", env=ENV)
     pid = c.pid

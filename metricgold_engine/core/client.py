@@ -103,6 +103,7 @@ class WorkerClient:
         self._device = device
         self._dtype = dtype
         self._use_demo = False  # load_model(None) was called: reload the demo model after a restart
+        self._unloaded = False  # unload_model() was called: the next predict loads the model again
         self._env = dict(env or {})
         self.start_timeout = start_timeout
         self.close_timeout = close_timeout
@@ -372,6 +373,14 @@ class WorkerClient:
         self.info = self._call(protocol.LOAD_MODEL, params, timeout=timeout, doing=f"loading {what}")
         self._model, self._device, self._dtype = params["path"], params["device"], params["dtype"]
         self._use_demo = params["path"] is None
+        self._unloaded = False
+        return self.info
+
+    def unload_model(self, timeout: float | None = 60.0) -> dict[str, Any]:
+        """Free the worker's model memory (after the predictions already sent); the worker keeps running. The next
+        ``predict`` loads the same model again first (a restarted worker would too)."""
+        self.info = self._call(protocol.UNLOAD_MODEL, {}, timeout=timeout, doing="unloading the model")
+        self._unloaded = True
         return self.info
 
     def predict(
@@ -397,6 +406,8 @@ class WorkerClient:
             params = protocol.check_params(protocol.PREDICT, params)
         except protocol.ProtocolError as exc:
             raise TypeError(str(exc).replace("predict:", "predict():", 1)) from None
+        if self._unloaded and (self._model is not None or self._use_demo):
+            self.load_model(self._model)  # not the demo model by default: the model this client was given
         value = self._call(
             protocol.PREDICT, params, timeout=timeout, doing=f"predicting {params['image']}",
             on_progress=on_progress, cancel=cancel,

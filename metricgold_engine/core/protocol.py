@@ -38,6 +38,7 @@ from .options import DEVICES, DTYPES, TIMESTEP_SPACINGS  # noqa: E402,F401
 # --- methods and their parameters ----------------------------------------------------------------------------------
 HELLO = "hello"
 LOAD_MODEL = "load_model"
+UNLOAD_MODEL = "unload_model"  # frees the model's memory; the worker stays up (added in 0.1: no version bump)
 PREDICT = "predict"
 CANCEL = "cancel"
 SHUTDOWN = "shutdown"
@@ -230,6 +231,7 @@ PARAMS: dict[str, dict[str, _Param]] = {
         "fov_deg": _Param(_fov_or_null),
         "focal_35mm": _Param(_positive_number_or_null),
     },
+    UNLOAD_MODEL: {},
     CANCEL: {"request_id": _Param(_request_id, required=True)},
     SHUTDOWN: {},
 }
