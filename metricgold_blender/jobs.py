@@ -54,6 +54,12 @@ def forget_client(client: Any) -> None:
     client.close()
 
 
+def running_clients() -> list[Any]:
+    """The session's workers (e.g. to unload their models)."""
+    with _clients_lock:
+        return list(_clients.values())
+
+
 def close_all_clients() -> None:
     with _clients_lock:
         clients = list(_clients.values())

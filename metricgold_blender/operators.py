@@ -448,11 +448,8 @@ class _ImageToDepth(GeometryOptions):
 
     def _settings(self, context: Any) -> Settings:
         s = get_settings(context)
-        return Settings(
-            self.worker_python or s.python_executable, self.model_dir or s.model_dir, self.device or s.device,
-            s.steps, s.ensemble,
-            s.processing_resolution, s.seed,
-        )
+        return dataclasses.replace(s, python_executable=self.worker_python or s.python_executable,
+                                   model_dir=self.model_dir or s.model_dir, device=self.device or s.device)
 
     def execute(self, context: Any) -> OperatorResult:
         settings = self._settings(context)

@@ -254,7 +254,7 @@ class PipWatcher:
             if total > 0:
                 self.message = f"Downloading {self.downloading} ({done / 1e6:.0f} of {total / 1e6:.0f} MB)"
                 # downloads take most of an install's time: they fill 0.1 .. 0.85 of the step
-                self.fraction = max(self.fraction, 0.1 + 0.75 * done / total)
+                self.fraction = max(self.fraction, 0.1 + 0.75 * min(done / total, 1.0))
             return
         m = _DOWNLOADING.match(line)
         if m:
@@ -574,7 +574,8 @@ def _died_message(code: int | None) -> str:
 
 
 def kill_tree(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Stop a set-up process and everything it started: SIGTERM to its process group, SIGKILL after a grace."""
+    """Stop a set-up process and everything it started (pip and its children): SIGTERM to its process group, SIGKILL
+    to whatever is left after a grace; returns once the group is empty (or, on Windows, once taskkill is done)."""
     if pid <= 0:
         return
     if os.name == "nt":
@@ -585,26 +586,29 @@ def kill_tree(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
                 os.killpg(pid, sig)
             except (ProcessLookupError, PermissionError):
                 break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if proc is not None:
-                    if proc.poll() is not None:
-                        break
-                elif not pid_alive(pid):
-                    break
-                time.sleep(0.02)
-            else:
-                continue
-            break
-        try:
-            os.killpg(pid, signal.SIGKILL)  # pip's own children, if any stayed
-        except (ProcessLookupError, PermissionError):
-            pass
+            if _wait_group_gone(pid, proc, wait):
+                break
     if proc is not None:
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+
+
+def _wait_group_gone(pgid: int, proc: subprocess.Popen[bytes] | None, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc is not None:
+            proc.poll()  # reap our own child, else its zombie keeps the group alive
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 _environments: dict[str, WorkerEnvironment] = {}
@@ -638,6 +642,17 @@ class Runner:
             "started": time.time(), "device": plan.device, "fraction": 0.0,
         }
         self._last_write = 0.0
+        self.current: subprocess.Popen[bytes] | None = None  # the step's process (pip, venv)
+
+    def on_terminate(self, signum: int, frame: Any) -> None:
+        """Cancel (SIGTERM to the process group): reap what this process started, so that nothing is left for the
+        system to collect, then go; the caller deletes the temporary folder."""
+        proc = self.current
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        os._exit(128 + signum)
 
     def update(self, step: Step, within: float, message: str, force: bool = False) -> None:
         self.status.update(step=step.id, step_label=step.label, fraction=step_fraction(step.id, within),
@@ -653,8 +668,8 @@ class Runner:
     def run_command(self, step: Step, argv: list[str]) -> None:
         self.log(f"\n$ {' '.join(argv)}")
         self.update(step, 0.0, step.label, force=True)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=child_environ())
+        proc = self.current = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT, env=child_environ())
         watcher = PipWatcher()
         lines: list[str] = []
 
@@ -732,6 +747,7 @@ class Runner:
         beater = threading.Thread(target=beat, daemon=True)
         beater.start()
         try:
+            # (on a cancel meanwhile, this worker, in a session of its own, sees its input end and exits)
             with WorkerClient(self.python, device="auto", start_timeout=600.0,
                               env={"PYTHONHOME": None, "PYTHONPATH": None, "PYTHONNOUSERSITE": "1"}) as client:
                 info = dict(client.info)
@@ -830,7 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan_path = Path(argv[1])
     plan = SetupPlan.from_json(plan_path.read_text(encoding="utf-8"))
-    return Runner(plan).run()
+    runner = Runner(plan)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, runner.on_terminate)
+    return runner.run()
 
 
 if __name__ == "__main__":

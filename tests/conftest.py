@@ -46,3 +46,29 @@ def tiny_depth_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
 
     root = tmp_path_factory.mktemp("depth-models")
     return {kind: make_tiny_depth_model(root / kind, kind, seed=0) for kind in TINY_KINDS}
+
+
+@pytest.fixture(scope="session")
+def installed_addon(tmp_path_factory: pytest.TempPathFactory):
+    """Blender as a module (bpy): build the extension zip, install it into a temporary extension repository exactly
+    as a user does, enable it; yield its package name (bl_ext.<repo>.metricgold). One install per test session."""
+    bpy = pytest.importorskip("bpy")
+    import importlib
+
+    build = importlib.import_module("build")
+    zip_path = build.build(tmp_path_factory.mktemp("dist"))
+    repo_dir = tmp_path_factory.mktemp("extensions")
+    bpy.ops.preferences.extension_repo_add(
+        name="metricgold_test", type="LOCAL", custom_directory=str(repo_dir), use_custom_directory=True)
+    repos = bpy.context.preferences.extensions.repos
+    repo_index = next(i for i, r in enumerate(repos) if r.name == "metricgold_test")
+    module = repos[repo_index].module
+    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo=module, enable_on_install=True)
+    assert result == {"FINISHED"}
+    package = f"bl_ext.{module}.metricgold"
+    assert package in bpy.context.preferences.addons
+    yield package
+    bpy.ops.preferences.addon_disable(module=package)  # unregister: closes the workers, cancels a set-up
+    repos = bpy.context.preferences.extensions.repos
+    bpy.ops.preferences.extension_repo_remove(
+        index=next(i for i, r in enumerate(repos) if r.name == "metricgold_test"), remove_files=True)

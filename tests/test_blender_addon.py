@@ -7,7 +7,6 @@ centre through the created camera), the worker path end to end with the tiny che
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import re
@@ -33,26 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # ---- fixtures ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    """Build dist zip, install it into a temporary extension repository, enable it; yield the package name."""
-    build = importlib.import_module("build")
-    zip_path = build.build(tmp_path_factory.mktemp("dist"))
-    repo_dir = tmp_path_factory.mktemp("extensions")
-    bpy.ops.preferences.extension_repo_add(
-        name="metricgold_test", type="LOCAL", custom_directory=str(repo_dir), use_custom_directory=True)
-    repos = bpy.context.preferences.extensions.repos
-    repo_index = next(i for i, r in enumerate(repos) if r.name == "metricgold_test")
-    module = repos[repo_index].module
-    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo=module, enable_on_install=True)
-    assert result == {"FINISHED"}
-    package = f"bl_ext.{module}.metricgold"
-    assert package in bpy.context.preferences.addons
-    yield package
-    bpy.ops.preferences.addon_disable(module=package)  # unregister: closes the workers
-    repos = bpy.context.preferences.extensions.repos
-    bpy.ops.preferences.extension_repo_remove(
-        index=next(i for i, r in enumerate(repos) if r.name == "metricgold_test"), remove_files=True)
+@pytest.fixture
+def addon(installed_addon):
+    """The extension, installed from the built zip into a temporary repository (conftest.installed_addon)."""
+    return installed_addon
 
 
 @pytest.fixture

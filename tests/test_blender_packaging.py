@@ -26,8 +26,10 @@ def test_manifest_fields():
     assert manifest["schema_version"] == "1.0.0" and manifest["type"] == "add-on"
     assert manifest["blender_version_min"] == "4.2.0"
     assert manifest["license"] == ["SPDX:GPL-3.0-or-later"]
-    assert set(manifest["permissions"]) == {"files"}  # only what it uses, each with its reason
-    assert len(manifest["permissions"]["files"]) <= 64
+    assert set(manifest["permissions"]) == {"files", "network"}  # only what it uses, each with its reason
+    assert all(len(reason) <= 64 and not reason.endswith(".") for reason in manifest["permissions"].values())
+    assert "Set up worker" in manifest["permissions"]["network"]
+    assert "wheels" not in manifest  # the engine wheel is for the worker's environment, never Blender's Python
     import metricgold_engine
 
     assert manifest["version"] == metricgold_engine.__version__
@@ -43,7 +45,27 @@ def test_zip_layout_exact(zip_path):
     assert {"__init__.py", "client.py", "depth_io.py", "geometry.py", "protocol.py", "errors.py"} <= set(core)
     vendored = ["_vendor/__init__.py", "_vendor/metricgold_engine/__init__.py"] + [
         f"_vendor/metricgold_engine/core/{n}" for n in core]
-    assert names == sorted(["blender_manifest.toml", *addon, *vendored])  # nothing else (no torch modules)
+    wheel = "engine_wheel/metricgold-0.1.0-py3-none-any.whl"
+    assert names == sorted(["blender_manifest.toml", *addon, *vendored, wheel])  # nothing else
+    assert "worker_env.py" in addon
+
+
+def test_zip_holds_the_engine_wheel(zip_path, tmp_path):
+    """The wheel Set up worker installs: the whole engine (worker, pipeline, demo model) at the add-on's version."""
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo("engine_wheel/metricgold-0.1.0-py3-none-any.whl")
+        assert info.compress_type == zipfile.ZIP_STORED  # a wheel is compressed already
+        (tmp_path / "w.whl").write_bytes(zf.read(info))
+    print(f"\nzip {zip_path.stat().st_size / 1e6:.1f} MB, engine wheel {info.file_size / 1e6:.1f} MB")
+    assert zip_path.stat().st_size < 30e6
+    with zipfile.ZipFile(tmp_path / "w.whl") as wheel:
+        names = set(wheel.namelist())
+        assert wheel.testzip() is None
+        metadata = wheel.read("metricgold-0.1.0.dist-info/METADATA").decode()
+    assert {"metricgold_engine/worker.py", "metricgold_engine/pipeline.py", "metricgold_engine/core/client.py",
+            "metricgold_engine/demo_model/model_index.json"} <= names
+    assert "Version: 0.1.0" in metadata and "Requires-Dist: torch" in metadata
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
 
 def test_zip_is_reproducible(zip_path, tmp_path):
