@@ -447,12 +447,12 @@ class MetricGoldPreferences(bpy.types.AddonPreferences):
         status = worker_environment().status()
         for icon, text in describe_status(status):
             box.label(text=text, icon=icon)
-        row = box.row()
         if status.phase == worker_env.RUNNING:
             box.progress(factor=status.fraction, type="BAR", text=status.step_label)
             row = box.row()
             row.operator(METRICGOLD_OT_worker_cancel.bl_idname, icon="CANCEL")
         else:
+            row = box.row()
             row.prop(self, "setup_device", text="")
             outdated = status.outdated(ENGINE_VERSION)
             label = "Update worker" if outdated else ("Set up again" if status.env else "Set up worker")

@@ -506,6 +506,7 @@ class WorkerEnvironment:
         if not self.env_dir.exists():
             return False
         self._discard(str(self.env_dir))
+        self.status_path.unlink(missing_ok=True)  # an old attempt's failure is no longer news; the log stays
         return True
 
     def clean_leftovers(self) -> list[str]:

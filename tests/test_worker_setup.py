@@ -16,6 +16,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -86,6 +87,26 @@ def wait_for(prefs_mod, until, timeout: float = SETUP_TIMEOUT):
 
 def leftovers(env) -> list[str]:
     return sorted(p.name for p in env.user_dir.iterdir() if p.name.startswith("worker_env."))
+
+
+class Layout:
+    """Stands in for a UILayout (background mode draws nothing): records every call, returns a child layout."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return Layout(self.calls)
+        return call
+
+
+def draw_worker_box(addon: str) -> list:
+    """What the preferences' Worker box draws now: [(call, args, kwargs)]."""
+    calls: list = []
+    bpy.context.preferences.addons[addon].preferences.draw_worker(Layout(calls))
+    return calls
 
 
 def hello(python: Path, engine_client) -> dict:
@@ -169,6 +190,12 @@ def test_setup_gives_a_worker_that_answers_with_its_torch(installed_addon, prefs
     assert "torch 2.13.0" in text and "device cpu" in text
     lines = [t for _, t in prefs_mod.describe_status(status)]
     assert any(t.startswith("Ready: torch 2.13.0") for t in lines)
+    drawn = draw_worker_box(installed_addon)
+    labels = [kw.get("text") for name, _, kw in drawn if name == "label"]
+    ops = [a[0] for name, a, _ in drawn if name == "operator"]
+    assert any(t and t.startswith("Ready: torch 2.13.0") for t in labels)
+    assert {"metricgold.worker_setup", "metricgold.worker_remove", "metricgold.worker_open_log",
+            "metricgold.test_worker", "metricgold.unload_model"} <= set(ops)
 
 
 def test_prediction_through_the_set_up_environment(installed_addon, prefs_mod, ready_env, tmp_path):
@@ -230,6 +257,12 @@ def test_cancel_during_the_torch_install_keeps_the_previous_environment(installe
         bpy.ops.metricgold.worker_setup(device="CPU")
     status = wait_for(prefs_mod, lambda s: s.step == "torch" or s.phase != "running", timeout=300)
     assert status.phase == "running" and status.step_label == "Installing PyTorch (CPU)"
+    drawn = draw_worker_box(installed_addon)  # a progress bar and Cancel while it runs
+    assert any(name == "progress" and kw["text"] == "Installing PyTorch (CPU)" for name, _, kw in drawn)
+    assert ("operator", ("metricgold.worker_cancel",), {"icon": "CANCEL"}) in drawn
+    bar: list = []  # and in the status bar
+    prefs_mod.draw_statusbar(SimpleNamespace(layout=Layout(bar)), bpy.context)
+    assert bar and bar[0][0] == "progress" and bar[0][2]["text"].startswith("MetricGold worker set-up: Installing")
     pid = json.loads(env.status_path.read_text())["pid"]
     tmp = env.user_dir / f"worker_env.tmp-{pid}"
     assert tmp.is_dir()
