@@ -45,9 +45,14 @@ SETUP_DIR_NAME = "worker_setup"
 MARKER_NAME = "metricgold_env.json"
 
 #: Environment variables a user (or a test) may set to change what is installed.
-TORCH_REQUIREMENT_VAR = "METRICGOLD_TORCH_REQUIREMENT"  # e.g. "torch==2.13.0"; default "torch"
+TORCH_REQUIREMENT_VAR = "METRICGOLD_TORCH_REQUIREMENT"  # e.g. "torch==2.13.0"; default "torch torchvision"
 TORCH_INDEX_VAR = "METRICGOLD_TORCH_INDEX_URL"  # the index torch comes from; set but empty: the default index
 PIP_ARGS_VAR = "METRICGOLD_PIP_ARGS"  # extra arguments for every `pip install` (shell syntax), e.g. a proxy
+ENGINE_EXTRAS_VAR = "METRICGOLD_ENGINE_EXTRAS"  # the engine's extras; default "backends"; set but empty: none
+#: torchvision comes with torch, from the same index, so that the two builds match (the transformers backends,
+#: Depth Pro's image processor and ZoeDepth's post-processing, need it).
+DEFAULT_TORCH_REQUIREMENT = "torch torchvision"
+DEFAULT_ENGINE_EXTRAS = "backends"
 
 #: PyTorch's own wheel indexes. Windows gets its CUDA build only from there; on Linux PyPI's torch is the CUDA build
 #: (several GB), so a CPU-only set-up takes the much smaller CPU build from PyTorch's CPU index.
@@ -146,7 +151,18 @@ def torch_index_url(device: str, system: str, environ: Mapping[str, str]) -> str
 
 
 def torch_requirement(environ: Mapping[str, str]) -> str:
-    return environ.get(TORCH_REQUIREMENT_VAR, "").strip() or "torch"
+    """What the PyTorch step installs: one or more requirements, separated by spaces."""
+    return " ".join(environ.get(TORCH_REQUIREMENT_VAR, "").split()) or DEFAULT_TORCH_REQUIREMENT
+
+
+def engine_extras(environ: Mapping[str, str]) -> str:
+    value = environ.get(ENGINE_EXTRAS_VAR)
+    return DEFAULT_ENGINE_EXTRAS if value is None else value.replace(" ", "")
+
+
+def with_extras(source: str, extras: str) -> str:
+    """pip's ``path[extra,...]`` form (works for a wheel and for a source folder)."""
+    return f"{source}[{extras}]" if extras else source
 
 
 def extra_pip_args(environ: Mapping[str, str]) -> list[str]:
@@ -165,6 +181,7 @@ class SetupPlan:
     torch_index_url: str | None
     pip_args: list[str]
     engine_source: str  # the engine wheel (or a source folder)
+    engine_extras: str  # e.g. "backends"
     engine_version: str  # what the worker's hello must say
     client_path: str  # a folder on whose sys.path `metricgold_engine.core.client` is the add-on's client
     system: str = field(default_factory=platform.system)
@@ -203,7 +220,8 @@ def make_plan(
         user_dir=os.fspath(user_dir), base_python=base_python or sys.executable, device_choice=device_choice.upper(),
         device=device, torch_requirement=torch_requirement(environ),
         torch_index_url=torch_index_url(device, system, environ), pip_args=extra_pip_args(environ),
-        engine_source=os.fspath(engine_source), engine_version=engine_version, client_path=os.fspath(client_path),
+        engine_source=os.fspath(engine_source), engine_extras=engine_extras(environ), engine_version=engine_version,
+        client_path=os.fspath(client_path),
         system=system,
     )
 
@@ -714,12 +732,12 @@ class Runner:
             raw = _pip_supports_raw(py)
             torch_step = STEP_BY_ID["torch"]
             torch_step = Step(torch_step.id, f"{torch_step.label} ({plan.device.upper()})", torch_step.weight)
-            self.run_command(torch_step, pip_install_argv(py, [plan.torch_requirement], plan=plan,
+            self.run_command(torch_step, pip_install_argv(py, plan.torch_requirement.split(), plan=plan,
                                                           index_url=plan.torch_index_url, raw_progress=raw))
             self.run_command(STEP_BY_ID["engine"],
                              pip_install_argv(py, [plan.engine_source], plan=plan, no_deps=True, raw_progress=raw))
-            self.run_command(STEP_BY_ID["deps"],
-                             pip_install_argv(py, [plan.engine_source], plan=plan, raw_progress=raw))
+            self.run_command(STEP_BY_ID["deps"], pip_install_argv(
+                py, [with_extras(plan.engine_source, plan.engine_extras)], plan=plan, raw_progress=raw))
             info = self.verify()
             self.finish(info)
         except BaseException as exc:

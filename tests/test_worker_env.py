@@ -68,8 +68,14 @@ def test_torch_index_and_requirement_per_platform_and_overrides():
     assert we.torch_index_url("cpu", "Windows", {}) is None
     assert we.torch_index_url("cpu", "Linux", {we.TORCH_INDEX_VAR: ""}) is None  # set but empty: default index
     assert we.torch_index_url("cuda", "Windows", {we.TORCH_INDEX_VAR: "https://x/simple"}) == "https://x/simple"
-    assert we.torch_requirement({}) == "torch"
+    assert we.torch_requirement({}) == "torch torchvision"  # together, from one index: matching builds
     assert we.torch_requirement({we.TORCH_REQUIREMENT_VAR: " torch==2.13.0 "}) == "torch==2.13.0"
+    assert we.torch_requirement({we.TORCH_REQUIREMENT_VAR: "torch==2.14.1  torchvision==0.29.1"}).split() == [
+        "torch==2.14.1", "torchvision==0.29.1"]
+    assert we.engine_extras({}) == "backends" and we.engine_extras({we.ENGINE_EXTRAS_VAR: ""}) == ""
+    assert we.with_extras("/z/metricgold-0.1.0-py3-none-any.whl", "backends") == (
+        "/z/metricgold-0.1.0-py3-none-any.whl[backends]")
+    assert we.with_extras("/z/w.whl", "") == "/z/w.whl"
     assert we.extra_pip_args({we.PIP_ARGS_VAR: "--proxy http://p:3128 --timeout 60"}) == [
         "--proxy", "http://p:3128", "--timeout", "60"]
 

@@ -53,6 +53,9 @@ def user_dir(tmp_path_factory):
     mp.setenv("BLENDER_USER_RESOURCES", str(folder))
     mp.setenv("METRICGOLD_TORCH_REQUIREMENT", TORCH)
     mp.setenv("METRICGOLD_TORCH_INDEX_URL", "")  # the default index (+ this machine's local wheels)
+    # No torchvision, so no [backends] extra: PyPI's torchvision does not import beside this torch CPU build here,
+    # and the pair that does (torch 2.14.1) is a 5.5 GB CUDA build: too much to install per test run.
+    mp.setenv("METRICGOLD_ENGINE_EXTRAS", "")
     yield folder
     mp.undo()
 
