@@ -461,6 +461,8 @@ class WorkerEnvironment:
         """:meth:`status`, after tidying up a set-up process that died without finishing (its folder removed, the
         status saying so). Call it from a timer, a redraw or a test loop."""
         st = self.read_status()
+        if self._proc is not None and self._proc.poll() is not None and not (st and st.get("state") == RUNNING):
+            self._proc = None  # finished and reaped
         if st and st.get("state") == RUNNING and not self._runner_alive(st):
             code = None
             if self._proc is not None and self._proc.pid == st.get("pid"):
@@ -468,6 +470,7 @@ class WorkerEnvironment:
                 self._proc = None
             st = self.read_status() or st  # it may have finished just now
             if st.get("state") == RUNNING:
+                self._recover_swap()
                 self._discard(st.get("tmp_dir"))
                 self._write_final(st, FAILED, error=_died_message(code))
         return self.status()
@@ -513,6 +516,7 @@ class WorkerEnvironment:
         kill_tree(pid, self._proc if self._proc is not None and self._proc.pid == pid else None)
         stopped = time.monotonic() - t0
         self._proc = None
+        self._recover_swap()
         self._discard(st.get("tmp_dir"))
         self._write_final(st, CANCELLED, message="cancelled")
         return stopped
@@ -527,6 +531,14 @@ class WorkerEnvironment:
         self.status_path.unlink(missing_ok=True)  # an old attempt's failure is no longer news; the log stays
         return True
 
+    def _recover_swap(self) -> None:
+        """A set-up stopped between the swap's two renames: put the previous environment back."""
+        if self.env_dir.exists() or not self.user_dir.is_dir():
+            return
+        for entry in sorted(self.user_dir.glob(OLD_PREFIX + "*")):
+            os.replace(entry, self.env_dir)
+            return
+
     def clean_leftovers(self) -> list[str]:
         """Remove what a crashed set-up (or Blender) left: temporary and trash folders; a previous environment
         caught in the middle of a swap is put back. Returns the names removed."""
@@ -535,14 +547,12 @@ class WorkerEnvironment:
             return removed
         st = self.read_status() or {}
         live_tmp = st.get("tmp_dir") if st.get("state") == RUNNING and self._runner_alive(st) else None
+        self._recover_swap()
         for entry in sorted(self.user_dir.iterdir()):
             name = entry.name
-            if name.startswith(OLD_PREFIX):
-                if not self.env_dir.exists():
-                    os.replace(entry, self.env_dir)  # the swap stopped between its two renames
-                else:
-                    self._discard(str(entry))
-                    removed.append(name)
+            if name.startswith(OLD_PREFIX):  # a previous environment whose deletion did not finish
+                self._discard(str(entry))
+                removed.append(name)
             elif name.startswith((TMP_PREFIX, TRASH_PREFIX)) and str(entry) != live_tmp:
                 self._discard(str(entry))
                 removed.append(name)
@@ -793,18 +803,20 @@ class Runner:
             created=time.time(),
         )
         write_json_atomic(self.tmp_dir / MARKER_NAME, asdict(marker))
-        swap_into_place(self.tmp_dir, final)
+        old = swap_into_place(self.tmp_dir, final)
         self.log(f"\nready: {final} ({marker.size_bytes / 1e9:.2f} GB), torch {marker.torch_version}, "
                  f"device {marker.device}")
         self.status.update(state=READY, step=step.id, step_label=step.label, fraction=1.0, message="ready",
                            info=dict(info), finished=time.time(), updated=time.time())
         write_json_atomic(self.env.status_path, self.status)
+        if old is not None:  # after the news: deleting a few GB may take a while (a crash here: next attempt)
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def swap_into_place(new: Path, final: Path, replace: Callable[[Any, Any], None] = os.replace) -> None:
-    """Rename ``new`` to ``final``; an existing ``final`` is moved aside first and deleted only once ``new`` is in
-    place (put back if the second rename fails). A crash between the two renames is repaired by
-    :meth:`WorkerEnvironment.clean_leftovers`."""
+def swap_into_place(new: Path, final: Path, replace: Callable[[Any, Any], None] = os.replace) -> Path | None:
+    """Rename ``new`` to ``final``; an existing ``final`` is moved aside first (put back if the second rename fails)
+    and returned, for the caller to delete once it has reported success. A crash between the two renames is
+    repaired by :meth:`WorkerEnvironment.clean_leftovers` (the previous environment is put back)."""
     old = final.with_name(f"{OLD_PREFIX}{os.getpid()}") if final.exists() else None
     if old is not None:
         _retry(lambda: replace(final, old))
@@ -814,8 +826,7 @@ def swap_into_place(new: Path, final: Path, replace: Callable[[Any, Any], None] 
         if old is not None:
             replace(old, final)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return old
 
 
 def _retry(action: Callable[[], None], seconds: float = 10.0) -> None:

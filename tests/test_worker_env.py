@@ -179,6 +179,17 @@ def test_poll_marks_a_dead_setup_failed_and_removes_its_folder(tmp_path):
     assert json.loads(env.status_path.read_text())["state"] == "failed"
 
 
+def test_a_setup_killed_between_the_swaps_two_renames_gets_the_previous_env_back(tmp_path):
+    env = we.WorkerEnvironment(tmp_path)
+    _fake_env(env)
+    dead = 2**22 + 999
+    os.replace(env.env_dir, tmp_path / f"{we.OLD_PREFIX}{dead}")  # first rename done, then killed
+    _status(env, pid=dead, step="finish", tmp_dir=str(tmp_path / f"{we.TMP_PREFIX}{dead}"))
+    s = env.poll()
+    assert s.phase == "failed" and s.env is not None and s.env.torch_version == "2.13.0+cpu"
+    assert env.wait_cleanup(30) and sorted(p.name for p in tmp_path.iterdir()) == ["worker_env", "worker_setup"]
+
+
 def test_clean_leftovers_keeps_the_running_setup_and_restores_a_half_swapped_env(tmp_path):
     env = we.WorkerEnvironment(tmp_path)
     live = tmp_path / f"{we.TMP_PREFIX}{os.getpid()}"
@@ -214,8 +225,14 @@ def test_swap_replaces_the_old_env_only_once_the_new_one_is_in_place(tmp_path):
         we.swap_into_place(new, final, replace=failing_replace)
     assert (final / "v").read_text() == "old" and (new / "v").read_text() == "new"  # old put back
     assert calls[0][1].startswith(we.OLD_PREFIX)
-    we.swap_into_place(new, final)
-    assert (final / "v").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["worker_env"]
+    old = we.swap_into_place(new, final)
+    assert (final / "v").read_text() == "new" and (old / "v").read_text() == "old"  # the caller deletes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["worker_env", old.name])
+    assert old.name.startswith(we.OLD_PREFIX)
+    # a crash now would leave it: the next attempt deletes it (the environment in place stays)
+    env = we.WorkerEnvironment(tmp_path)
+    assert env.clean_leftovers() == [old.name] and env.wait_cleanup(30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worker_env"] and (final / "v").read_text() == "new"
 
 
 def test_retarget_scripts_names_the_final_folder(tmp_path):
