@@ -435,6 +435,8 @@ class WorkerClient:
             params = protocol.check_params(protocol.PREDICT_SEQUENCE, params)
         except protocol.ProtocolError as exc:
             raise TypeError(str(exc).replace("predict_sequence:", "predict_sequence():", 1)) from None
+        if self._unloaded and (self._model is not None or self._use_demo):
+            self.load_model(self._model)  # as predict: the model this client was given, not the demo model
         result: dict[str, Any] = self._call(
             protocol.PREDICT_SEQUENCE, params, timeout=timeout, doing=f"predicting the frames of {params['source']}",
             on_progress=on_progress, cancel=cancel,
