@@ -3,15 +3,55 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .core.errors import ImageLoadError
+from .core.errors import ImageLoadError, ImageTooLarge, InvalidParams
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+#: Largest photo decoded by default: 40 megapixels (e.g. 7700 x 5200). A 10000 x 7000 photo costs ~5.5 GB and
+#: minutes on a CPU before the model even sees it (resized to the processing resolution anyway), so larger ones are
+#: refused from the file's header, before decoding. Raise it with the environment variable below.
+DEFAULT_MAX_PIXELS = 40_000_000
+MAX_PIXELS_ENV = "METRICGOLD_MAX_PIXELS"
+
+
+def max_pixels_limit() -> int:
+    """The pixel limit in force: ``$METRICGOLD_MAX_PIXELS`` when set (an integer >= 1), else DEFAULT_MAX_PIXELS."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)  # "60000000", "60_000_000"
+    except ValueError:
+        try:
+            number = float(raw)  # "6e7"
+            value = int(number) if number.is_integer() else 0
+        except ValueError:
+            value = 0
+    if value < 1:
+        raise InvalidParams(f"environment variable {MAX_PIXELS_ENV}={raw!r}: must be an integer number of pixels >= 1")
+    return value
+
+
+def _too_large(name: object, size: str, pixels: int | None, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"{name}: image too large: {size}, above the limit of {max_pixels / 1e6:.1f} megapixels ({max_pixels} "
+        f"pixels). Downscale the photo, or raise the limit with the environment variable {MAX_PIXELS_ENV}=<pixels> "
+        "(for the worker: in the environment it is started with)",
+        data={"reason": ImageTooLarge.REASON, "pixels": pixels, "max_pixels": max_pixels},
+    )
+
+
+def _check_pixels(name: object, width: int, height: int, max_pixels: int) -> None:
+    pixels = int(width) * int(height)
+    if pixels > max_pixels:
+        raise _too_large(name, f"{width} x {height} = {pixels / 1e6:.1f} megapixels", pixels, max_pixels)
 
 
 def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
@@ -58,10 +98,12 @@ def _to_rgb(image: Image.Image, name: str = "image input") -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb_image(image: Any) -> Image.Image:
+def load_rgb_image(image: Any, max_pixels: int | None = None) -> Image.Image:
     """A path, PIL image or numpy array -> an RGB PIL image, EXIF orientation applied.
 
-    Raises :class:`ImageLoadError` naming the file when it is missing, not an image, truncated or empty.
+    Raises :class:`ImageLoadError` naming the file when it is missing, not a regular file (a FIFO would block the
+    read forever), not an image, truncated or empty, and :class:`ImageTooLarge` when a file's header says it has
+    more than ``max_pixels`` pixels (default: :func:`max_pixels_limit`), before anything is decoded.
     """
     if isinstance(image, np.ndarray):
         return _array_to_pil(image, "array input")
@@ -71,18 +113,31 @@ def load_rgb_image(image: Any) -> Image.Image:
         return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        if not path.exists():
-            raise ImageLoadError(f"{path}: file not found")
-        if path.is_dir():
+        limit = max_pixels_limit() if max_pixels is None else int(max_pixels)
+        try:
+            mode = path.stat().st_mode  # before open(): opening a FIFO blocks until a writer comes
+        except FileNotFoundError:
+            raise ImageLoadError(f"{path}: file not found") from None
+        except (OSError, ValueError) as exc:
+            raise ImageLoadError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+        if stat.S_ISDIR(mode):
             raise ImageLoadError(f"{path}: is a directory, not an image")
+        if not stat.S_ISREG(mode):
+            raise ImageLoadError(f"{path}: not a regular file (a FIFO, socket or device), refused: reading it "
+                                 "could block forever")
         try:
             with Image.open(path) as opened:
+                _check_pixels(path, opened.width, opened.height, limit)  # from the header: nothing decoded yet
                 opened.load()  # decode now: a truncated file fails here, not later
                 if opened.width == 0 or opened.height == 0:
                     raise ImageLoadError(f"{path}: image has zero pixels")
                 return _to_rgb(ImageOps.exif_transpose(opened), str(path))
         except ImageLoadError:
             raise
+        except Image.DecompressionBombError:  # Pillow's own guard (at open, before our check): 2 x MAX_IMAGE_PIXELS
+            guard = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+            size = f"more than {guard / 1e6:.1f} megapixels (Pillow refuses such files as decompression bombs)"
+            raise _too_large(path, size, None, min(limit, guard)) from None
         except UnidentifiedImageError:
             raise ImageLoadError(f"{path}: not an image Pillow can read") from None
         except (OSError, SyntaxError, ValueError) as exc:

@@ -89,7 +89,16 @@ class WorkerServer:
 
     # ------------------------------------------------------------------------------------------------- output
     def send(self, message: dict[str, Any]) -> None:
-        data = protocol.encode(message)
+        """Write one message. Never raises: a reply that cannot be encoded becomes an error reply (the request is
+        still answered); a notification that cannot be is dropped."""
+        try:
+            data = protocol.encode(message)
+        except (UnicodeEncodeError, ValueError, TypeError, RecursionError) as exc:
+            fallback = _unencodable_reply(message, exc)
+            if fallback is None:
+                log.error("dropped a message that cannot be encoded: %s", _message(exc))
+                return
+            data = protocol.encode(fallback)
         with self._write_lock:
             if self.client_gone:
                 return
@@ -217,22 +226,44 @@ class WorkerServer:
                 return
             request = job.request
             try:
-                if job.cancel.is_set():
-                    raise PredictionCancelled("cancelled")
-                reply = protocol.result(request.id, handlers[request.method](job))
-            except PredictionCancelled:
-                reply = protocol.error(request.id, protocol.CANCELLED, f"{request.method} request {request.id!r} was cancelled", {
-                    "step": job.step, "cancel_requested_at_step": job.cancel_requested_at_step,
-                })
-            except MetricGoldError as exc:
-                reply = protocol.error(request.id, exc.code, exc.message, exc.data)
-            except Exception as exc:  # out of memory, a bug, a broken file: answer, log, keep serving
-                log.error("%s %r failed:\n%s", request.method, request.id, traceback.format_exc())
-                reply = protocol.error(request.id, protocol.INTERNAL_ERROR, _message(exc), {"type": type(exc).__name__})
-            # Forget the id before answering, so that a client may reuse it as soon as it has the answer.
-            with self._lock:
-                self._jobs_by_id.pop(request.id, None)
-            self.send(reply)
+                try:
+                    if job.cancel.is_set():
+                        raise PredictionCancelled("cancelled")
+                    reply = protocol.result(request.id, handlers[request.method](job))
+                except PredictionCancelled:
+                    reply = protocol.error(request.id, protocol.CANCELLED, f"{request.method} request {request.id!r} was cancelled", {
+                        "step": job.step, "cancel_requested_at_step": job.cancel_requested_at_step,
+                    })
+                except MetricGoldError as exc:
+                    reply = protocol.error(request.id, exc.code, exc.message, exc.data)
+                except Exception as exc:  # out of memory, a bug, a broken file: answer, log, keep serving
+                    reply = self._failure_reply(request, exc)
+                # Forget the id before answering, so that a client may reuse it as soon as it has the answer.
+                with self._lock:
+                    self._jobs_by_id.pop(request.id, None)
+                self.send(reply)
+            except Exception as exc:  # even answering failed (out of memory while building the reply): say so, go on
+                with self._lock:
+                    self._jobs_by_id.pop(request.id, None)
+                try:
+                    self.send(protocol.error(request.id, protocol.INTERNAL_ERROR, _message(exc), {"type": type(exc).__name__}))
+                except Exception:
+                    pass  # the compute thread must outlive any one request, or every later request would hang
+
+    def _failure_reply(self, request: protocol.Request, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            exc = exc.with_traceback(None)  # let the request's frames (and their tensors) go before answering
+            gc.collect()
+            _empty_device_cache()
+            log.error("%s %r ran out of memory (%s); the worker goes on", request.method, request.id, type(exc).__name__)
+            return protocol.error(request.id, protocol.INTERNAL_ERROR, (
+                f"{request.method}: out of memory ({type(exc).__name__}: {_message(exc)}). Only this request failed; "
+                "try a smaller image, processing_resolution or ensemble_size"), {"type": type(exc).__name__})
+        try:
+            log.error("%s %r failed:\n%s", request.method, request.id, traceback.format_exc())
+        except Exception:
+            pass
+        return protocol.error(request.id, protocol.INTERNAL_ERROR, _message(exc), {"type": type(exc).__name__})
 
     def _progress(self, job: _Job, stage: str, step: int, total: int) -> None:
         self.send(protocol.progress(job.request.id, stage, step, total))  # type: ignore[arg-type]
@@ -481,6 +512,17 @@ def _check_writable(folder: Path) -> None:
         raise OutputNotWritable(
             f"output_dir {folder}: cannot create it or write to it ({exc.strerror or exc})"
         ) from None
+
+
+def _unencodable_reply(message: dict[str, Any], exc: BaseException) -> dict[str, Any] | None:
+    """An error reply standing in for a reply that could not be encoded; None for a notification (not answered)."""
+    if "method" in message or "id" not in message:
+        return None
+    request_id = message["id"]
+    if isinstance(request_id, str) and not protocol.is_valid_unicode(request_id):
+        return protocol.error(None, protocol.INVALID_REQUEST, "invalid request: 'id' is not valid Unicode")
+    return protocol.error(request_id, protocol.INTERNAL_ERROR,
+                          f"the reply could not be encoded as UTF-8 JSON ({type(exc).__name__})")
 
 
 def _message(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ from . import protocol
 from .demo_model import is_hub_id
 from .errors import (
     ClientClosed,
+    InvalidParams,
     MetricGoldError,
     PredictionCancelled,
     WorkerDied,
@@ -68,6 +69,11 @@ CANCEL_GRACE = 10.0
 _POLL = 0.05  # seconds between checks of cancel events and deadlines while waiting for the worker
 
 
+class _NotSent(Exception):
+    """A request never started: it could not be written (the worker's input was closed), or the worker ended without
+    a word about it (no reply, no progress)."""
+
+
 # --- the client -----------------------------------------------------------------------------------------------------
 def _kill_boxed(box: list[WorkerConnection | None]) -> None:
     conn, box[0] = box[0], None
@@ -99,7 +105,7 @@ class WorkerClient:
             protocol.check_params(protocol.LOAD_MODEL, {"path": "-", "device": device, "dtype": dtype})
         except protocol.ProtocolError as exc:
             raise ValueError(exc.message.replace("load_model:", "WorkerClient:", 1)) from None
-        self._model = None if model is None else _model_argument(model)
+        self._model = None if model is None else _model_argument(model, "model")
         self._device = device
         self._dtype = dtype
         self._use_demo = False  # load_model(None) was called: reload the demo model after a restart
@@ -165,14 +171,14 @@ class WorkerClient:
             if self._closed:
                 raise ClientClosed("this WorkerClient is closed")
             conn = self._conn
-        if conn is not None and not conn.dead:
+        if conn is not None and conn.usable():
             return conn
         with self._start_lock:
             with self._state_lock:
                 if self._closed:
                     raise ClientClosed("this WorkerClient is closed")
                 conn = self._conn
-            if conn is not None and not conn.dead:
+            if conn is not None and conn.usable():
                 return conn  # another thread started one meanwhile
             if conn is not None:
                 conn.kill()  # reap the dead one: no zombie
@@ -201,9 +207,10 @@ class WorkerClient:
             raise WorkerStartError(f"cannot run the Python executable {python!r}: {exc}. {fix}") from None
         try:
             info = self._call_on(conn, protocol.HELLO, {}, timeout=self.start_timeout, doing="starting")
-        except WorkerDied as exc:
+        except (WorkerDied, _NotSent) as exc:
+            died = exc if isinstance(exc, WorkerDied) else conn.died_error("starting")
             conn.kill()
-            raise WorkerStartError(self._start_failure_message(exc.stderr_tail, exc.returncode)) from None
+            raise WorkerStartError(self._start_failure_message(died.stderr_tail, died.returncode)) from None
         except WorkerTimeout:
             tail = conn.stderr_tail()
             conn.kill()
@@ -233,6 +240,10 @@ class WorkerClient:
                     timeout=None,
                     doing="loading the built-in demo model" if self._model is None else f"loading the model {self._model}",
                 )
+            except _NotSent:
+                died = conn.died_error("loading the model")
+                conn.kill()
+                raise died from None
             except BaseException:
                 conn.kill()
                 raise
@@ -287,9 +298,11 @@ class WorkerClient:
             with self._state_lock:
                 self._active.add(request_id)
         try:
-            conn.send(protocol.request(method, params, request_id))
+            if not conn.send(protocol.request(method, params, request_id)):
+                # The pipe was closed before the request went out (the worker died while idle): it never started.
+                raise _NotSent(method)
             deadline = None if timeout is None else time.monotonic() + timeout
-            cancel_sent = timed_out = False
+            cancel_sent = timed_out = heard = False
             kill_at = None
             while True:
                 try:
@@ -320,7 +333,12 @@ class WorkerClient:
                 if kind == EOF:
                     if self._closed:
                         raise ClientClosed(f"the WorkerClient was closed while {doing}")
+                    if not heard:
+                        # Not a word about this request: the worker was already dying (killed while idle) when it
+                        # was sent. Every method answers or reports progress before any work, so it never started.
+                        raise _NotSent(method)
                     raise conn.died_error(doing)
+                heard = True
                 if message.is_notification:
                     if on_progress is not None and message.method == protocol.PROGRESS:
                         p = message.params or {}
@@ -348,7 +366,19 @@ class WorkerClient:
         return True
 
     def _call(self, method: str, params: Mapping[str, Any], *, timeout: float | None, doing: str, **kwargs: Any) -> Any:
-        return self._call_on(self._ensure_worker(), method, params, timeout=timeout, doing=doing, **kwargs)
+        conn = self._ensure_worker()
+        try:
+            return self._call_on(conn, method, params, timeout=timeout, doing=doing, **kwargs)
+        except _NotSent:
+            # A worker that died while idle (killed, out of memory) is replaced once, and the request, which never
+            # reached it, sent again: hello, load_model and predict have no effect that a resend could double.
+            log.info("the worker (pid %s) was gone before %s; starting a fresh one", conn.pid, doing)
+            conn.kill()
+            conn = self._ensure_worker()
+            try:
+                return self._call_on(conn, method, params, timeout=timeout, doing=doing, **kwargs)
+            except _NotSent:
+                raise conn.died_error(doing) from None
 
     # the public calls
     def hello(self, timeout: float | None = 30.0) -> dict[str, Any]:
@@ -364,7 +394,7 @@ class WorkerClient:
         restarted worker loads it again."""
         try:
             params = protocol.check_params(protocol.LOAD_MODEL, {
-                "path": None if path is None else _model_argument(path),
+                "path": None if path is None else _model_argument(path, "path"),
                 "device": device or self._device, "dtype": dtype or self._dtype,
             })
         except protocol.ProtocolError as exc:
@@ -401,7 +431,7 @@ class WorkerClient:
         the worker's answer (ImageLoadError, OutputNotWritable, ModelNotLoaded, InvalidParams ...; all
         MetricGoldError, with the JSON-RPC ``code``) and WorkerDied (the next call starts a fresh worker).
         """
-        params = dict(options, image=_absolute(image), output_dir=_absolute(out_dir))
+        params = dict(options, image=_absolute(image, "image"), output_dir=_absolute(out_dir, "out_dir"))
         try:
             params = protocol.check_params(protocol.PREDICT, params)
         except protocol.ProtocolError as exc:
@@ -468,14 +498,24 @@ class WorkerClient:
         return f"WorkerClient({self.python_executable!r}, model={self._model!r}, {state})"
 
 
-def _model_argument(model: str | os.PathLike[str]) -> str:
+def _model_argument(model: str | os.PathLike[str], name: str) -> str:
     # A Hub id goes as it is (the worker fetches it); a local folder as an absolute path.
-    return os.fspath(model) if is_hub_id(model) else _absolute(model)
+    return os.fspath(model) if is_hub_id(model) else _absolute(model, name)
 
 
-def _absolute(path: str | os.PathLike[str]) -> str:
-    # The worker may run in another working folder: send absolute paths, with "~" expanded as a shell would.
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+def _absolute(path: str | os.PathLike[str], name: str) -> str:
+    """The absolute path to send (the worker may run in another working folder; "~" expanded as a shell would).
+    Raises InvalidParams naming the parameter when the path cannot be sent: JSON is UTF-8, and a file name with an
+    undecodable byte reaches Python as an unpaired surrogate."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not protocol.is_valid_unicode(text):
+        raise InvalidParams(
+            f"{name}: the path {text!r} is not valid Unicode (a file name with an undecodable byte): the worker "
+            "cannot be sent it; rename the file or folder"
+        )
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def default_python() -> str:

@@ -74,6 +74,14 @@ class ImageLoadError(MetricGoldError, ValueError):
     code = BAD_IMAGE
 
 
+class ImageTooLarge(ImageLoadError):
+    """The image has more pixels than the limit (checked from the file's header, before decoding); the message names
+    the file, its size, the limit and how to raise it. Same code as ImageLoadError; the reply's ``data`` says
+    ``{"reason": "image_too_large", "pixels": N, "max_pixels": M}`` so that the client raises this class again."""
+
+    REASON = "image_too_large"
+
+
 class OutputNotWritable(MetricGoldError):
     """The output folder cannot be created or written to; the message names it."""
 
@@ -101,6 +109,8 @@ _BY_CODE: dict[int, type[MetricGoldError]] = {
 def error_from_reply(code: int, message: str, data: Any = None) -> MetricGoldError:
     """The exception for a worker's error reply: the family's class for ``code`` (MetricGoldError for others)."""
     cls = _BY_CODE.get(code, MetricGoldError)
+    if cls is ImageLoadError and isinstance(data, dict) and data.get("reason") == ImageTooLarge.REASON:
+        cls = ImageTooLarge
     return cls(message, data, code=code)
 
 

@@ -112,9 +112,23 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False when ``text`` holds an unpaired surrogate (JSON's "\\udcff", or an undecodable byte of a file name as
+    Python represents it): such a string cannot be written as UTF-8, so it can be neither opened by name reliably
+    nor named in a reply."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _path(method: str, name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise _bad_param(method, name, "a non-empty path string", value)
+    if not is_valid_unicode(value):
+        raise _bad_param(method, name, "a path that is valid Unicode (it holds an unpaired surrogate, e.g. an "
+                                       "undecodable byte in a file name: rename the file)", value)
     return value
 
 
@@ -198,8 +212,8 @@ def _dtype(method: str, name: str, value: Any) -> str:
 
 
 def _request_id(method: str, name: str, value: Any) -> int | str:
-    if not (_is_int(value) or isinstance(value, str)):
-        raise _bad_param(method, name, "a request id (integer or string)", value)
+    if not (_is_int(value) or (isinstance(value, str) and is_valid_unicode(value))):
+        raise _bad_param(method, name, "a request id (integer or valid Unicode string)", value)
     return value  # type: ignore[no-any-return]
 
 
@@ -332,7 +346,11 @@ def result(request_id: Any, value: Any) -> dict[str, Any]:
 
 
 def error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
-    err: dict[str, Any] = {"code": int(code), "message": str(message)}
+    # A message naming a file with an undecodable byte must still be sendable: such characters are escaped.
+    text = str(message)
+    if not is_valid_unicode(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    err: dict[str, Any] = {"code": int(code), "message": text}
     if data is not None:
         err["data"] = data
     return {"jsonrpc": JSONRPC, "id": request_id, "error": err}
@@ -374,6 +392,10 @@ def parse_request(line: bytes | str) -> Request:
     request_id = msg.get("id")
     if not _valid_id(request_id):
         raise ProtocolError(INVALID_REQUEST, f"invalid request: 'id' must be an integer, a string or null, got {_describe(request_id)}")
+    if isinstance(request_id, str) and not is_valid_unicode(request_id):
+        # It could never be echoed back as UTF-8: answered with id null, as JSON-RPC does for an unreadable id.
+        raise ProtocolError(INVALID_REQUEST, f"invalid request: 'id' is not valid Unicode (an unpaired surrogate), "
+                                             f"got {_describe(request_id)}")
     if msg.get("jsonrpc") != JSONRPC:
         raise ProtocolError(INVALID_REQUEST, "invalid request: 'jsonrpc' must be \"2.0\"", request_id)
     method = msg.get("method")

@@ -127,6 +127,11 @@ class WorkerConnection:
             except (BrokenPipeError, OSError, ValueError):
                 return False
 
+    def usable(self) -> bool:
+        """Not known dead: its output has not ended and the process has not exited (the reader thread may not have
+        seen the end of a process killed a moment ago)."""
+        return not self.dead and self.proc.poll() is None
+
     def died_error(self, doing: str) -> WorkerDied:
         returncode = self.reap(timeout=5.0)
         tail = self.stderr_tail(wait=2.0)
