@@ -17,7 +17,6 @@ training (the paper writes the reverse order; the two differ only by a permutati
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
@@ -30,12 +29,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from .components import EmptyTextEmbedding, compute_empty_text_embedding, widen_conv_in
 from .core.demo_model import resolve_model_path
 from .core.depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN, check_depth_range
+from .core.checkpoint_check import COMPONENTS, check_checkpoint_folder, check_component_folders  # noqa: F401
 from .core.errors import CheckpointError
 from .devices import pick_device, pick_dtype
 from .pipeline import MetricGoldPipeline
-
-#: Components of a MetricGold checkpoint folder, in the order they are checked.
-COMPONENTS = ("unet", "vae", "depth_vae", "scheduler", "text_embedding")
 
 
 def init_from_stable_diffusion(
@@ -145,19 +142,7 @@ def _require_components(root: Path, names: tuple[str, ...]) -> None:
         raise CheckpointError(f"{root}: model folder not found")
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a folder (a model is a diffusers-layout folder)")
-    for name in names:
-        folder = root / name
-        if not folder.is_dir():
-            raise CheckpointError(f"{folder}: missing component '{name}'")
-        if name in ("scheduler", "tokenizer"):
-            continue
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"{folder}: missing config.json")
-        if not any(folder.glob("*.safetensors")):
-            hint = " (.bin/.pt weights are not loaded: convert them to safetensors)" if any(
-                folder.glob("*.bin")) or any(folder.glob("*.pt")) else ""
-            raise CheckpointError(f"{folder}: no .safetensors weights{hint}")
-
+    check_component_folders(root, names)
 
 
 def load_pipeline(
@@ -169,20 +154,8 @@ def load_pipeline(
     message (which folder, which part, what is wrong) instead of a deep diffusers traceback."""
 
     root = resolve_model_path(path)
-    _require_components(root, ())
-    index_path = root / "model_index.json"
-    if not index_path.is_file():
-        raise CheckpointError(f"{root}: no model_index.json (not a diffusers-layout model folder)")
-    try:
-        index = json.loads(index_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{index_path}: not valid JSON ({exc})") from None
-    missing = [name for name in COMPONENTS if name not in index]
-    if missing:
-        raise CheckpointError(
-            f"{index_path}: not a MetricGold checkpoint, missing component(s) {', '.join(missing)}"
-        )
-    _require_components(root, COMPONENTS)
+    # The whole folder, from its JSON and safetensors headers, before diffusers reads a byte of weights.
+    index = check_checkpoint_folder(root)
     _accept_legacy_component_modules(index)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)

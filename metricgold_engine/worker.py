@@ -306,18 +306,25 @@ class WorkerServer:
         """Load a model of any backend: a folder, a Hugging Face Hub id, or None (the built-in demo model); kept
         for every later request. The old model stays if the new one fails."""
         from .backends import load_estimator
+        from .core.checkpoint_check import check_local_model
         from .core.demo_model import is_hub_id, resolve_model_path
 
+        where: Any = path
         try:
             where = path if is_hub_id(path) else str(resolve_model_path(path).expanduser().resolve())
             key = (str(where), device, dtype)
             if key == self.model_key:
                 return  # already loaded: loading is the expensive part, so it is done once
+            if path is not None and not is_hub_id(path):
+                check_local_model(where)  # milliseconds: a tampered MetricGold folder is named before any loading
             # None stays None so that the demo model is named as such; a folder goes as resolved.
             estimator = load_estimator(None if path is None else key[0], device=device, dtype=dtype)
         except (CheckpointError, ValueError, OSError) as exc:
-            what = "the built-in demo model" if path is None else f"the model {path}"
-            raise CheckpointError(f"cannot load {what}: {_message(exc)}") from None
+            text = _message(exc)
+            # The path is said once: the checks' messages already name the file.
+            named = path is not None and (str(path) in text or str(where) in text)
+            what = "the built-in demo model" if path is None else "the model" if named else f"the model {path}"
+            raise CheckpointError(f"cannot load {what}: {text}") from None
         pipeline = getattr(estimator, "pipeline", None)
         if pipeline is not None:
             pipeline.set_progress_bar_config(disable=True)
@@ -557,10 +564,15 @@ def main(argv: list[str] | None = None) -> int:
     except protocol.ProtocolError as exc:
         print(f"metricgold worker: {exc.message}", file=sys.stderr)
         return 2
-    if args.model and not Path(args.model).expanduser().is_dir() and not is_hub_id(args.model):
-        # Checked before importing torch (seconds), so a typo fails at once; load_pipeline checks the rest.
-        print(f"metricgold worker: {args.model}: model folder not found", file=sys.stderr)
-        return 2
+    if args.model and not is_hub_id(args.model):
+        # Checked before importing torch (seconds): a typo, or a tampered MetricGold folder, fails at once.
+        from .core.checkpoint_check import check_local_model
+
+        try:
+            check_local_model(args.model)
+        except CheckpointError as exc:
+            print(f"metricgold worker: {exc.message}", file=sys.stderr)
+            return 2
     requests, replies = claim_protocol_streams()
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format="metricgold-worker %(levelname)s: %(message)s")
     import torch  # noqa: F401  (after the switch: import-time chatter goes to stderr)

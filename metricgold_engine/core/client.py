@@ -29,6 +29,7 @@ import weakref
 from typing import Any, Callable, Mapping
 
 from . import protocol
+from .checkpoint_check import check_local_model
 from .demo_model import is_hub_id
 from .errors import (
     ClientClosed,
@@ -499,8 +500,13 @@ class WorkerClient:
 
 
 def _model_argument(model: str | os.PathLike[str], name: str) -> str:
-    # A Hub id goes as it is (the worker fetches it); a local folder as an absolute path.
-    return os.fspath(model) if is_hub_id(model) else _absolute(model, name)
+    """A Hub id goes as it is (the worker fetches it); a local folder as an absolute path, checked first: a missing
+    folder or a tampered MetricGold one is a CheckpointError in milliseconds, before any worker starts."""
+    if is_hub_id(model):
+        return os.fspath(model)
+    path = _absolute(model, name)
+    check_local_model(path)
+    return path
 
 
 def _absolute(path: str | os.PathLike[str], name: str) -> str:
