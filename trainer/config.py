@@ -125,8 +125,21 @@ class TrainConfig:
             raise ConfigError(f"model.tiny: must be 'tiny' or 'small', got {self.model.tiny!r}")
         if not self.data.datasets:
             raise ConfigError("data.datasets: at least one data set is needed")
-        if len(self.data.resolution) != 2 or min(self.data.resolution) < 8:
-            raise ConfigError(f"data.resolution: expected [H, W] of at least 8 pixels, got {self.data.resolution}")
+        res = self.data.resolution
+        if (len(res) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in res)
+                or min(res) < 8):
+            raise ConfigError(f"data.resolution: expected [H, W], two integers of at least 8 pixels, got {res!r}")
+        if isinstance(self.run.seed, bool) or not isinstance(self.run.seed, int) or not 0 <= self.run.seed < 2**63:
+            raise ConfigError(f"run.seed: must be an integer >= 0, got {self.run.seed!r}")
+        out = Path(self.run.output_dir)
+        if not str(self.run.output_dir).strip():
+            raise ConfigError("run.output_dir: must be a folder path, got an empty string")
+        for folder in (out, *out.parents):  # the folder, or the first of its parents that exists, must be a folder
+            if folder.exists():
+                if not folder.is_dir():
+                    what = "is a file" if folder == out else f"cannot be created: {folder} is a file"
+                    raise ConfigError(f"run.output_dir: {out} {what}, not a folder")
+                break
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "checkpoint_every",
                      "keep_checkpoints", "log_every"):
             if getattr(self.run, name) < 1:

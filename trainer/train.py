@@ -247,6 +247,31 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Move the complete folder ``tmp`` to ``target``. An existing ``target`` is set aside, not deleted, until its
+    replacement is in place; :func:`recover_interrupted_saves` puts it back if a kill comes in between."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def recover_interrupted_saves(output_dir: Path) -> None:
+    """A checkpoint set aside by :func:`replace_folder` whose replacement never arrived goes back in place."""
+    folder = output_dir / "checkpoints"
+    if not folder.is_dir():
+        return
+    for old in folder.glob(f".{CHECKPOINT_PREFIX}*.old"):
+        target = old.with_name(old.name[1:-len(".old")])
+        if not target.exists():
+            os.replace(old, target)
+            logger.warning("restored %s, set aside by a save that was interrupted", target)
+
+
 def _save_file_atomic(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
@@ -279,6 +304,9 @@ class Trainer:
         )
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
+        if acc.is_main_process:
+            recover_interrupted_saves(self.output_dir)
+        acc.wait_for_everyone()
         self.resume_from = resolve_resume(self.output_dir, resume)
 
         # Model: everything frozen but the stage's trainable part.
@@ -314,8 +342,10 @@ class Trainer:
             self.ema = EMAModel(self.params, decay=cfg.run.ema_decay)
 
         self.step = 0
+        self.resumed_step: int | None = None  # the step of the checkpoint resumed from
         if self.resume_from is not None:
             self._load_state(self.resume_from)
+            self.resumed_step = self.step
 
         from trainer.data import DatasetSpec, build_training_dataset
 
@@ -324,6 +354,8 @@ class Trainer:
         self.dataset = build_training_dataset(
             specs, tuple(cfg.data.resolution), cfg.data.hflip, cfg.run.seed, length=cfg.run.max_steps * per_step
         )
+        # Before step 0: a file missing from a split is reported now, all of them at once, not when first drawn.
+        self.dataset.check_files()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -361,7 +393,11 @@ class Trainer:
         fingerprints = self._check_replicas()
         acc.wait_for_everyone()
         target = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:06d}"
-        if acc.is_main_process:
+        # Resuming a finished run trains nothing: the checkpoint it resumed from is this very state, and is kept as
+        # it is (never deleted and rewritten); only final/ is written again if needed.
+        unchanged = (self.resumed_step == self.step and self.resume_from is not None and target.exists()
+                     and self.resume_from.resolve() == target.resolve())
+        if acc.is_main_process and not unchanged:
             tmp = target.with_name(f".{target.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "training").mkdir(parents=True)
@@ -383,16 +419,14 @@ class Trainer:
                 if self.image_target:  # the depth VAE starts from the image VAE, as it starts from SD's
                     self.pipe.depth_vae.load_state_dict(self.pipe.vae.state_dict())
                 self.pipe.save_pretrained(tmp / "model", safe_serialization=True)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            replace_folder(tmp, target)  # an existing checkpoint goes only once its replacement is complete
             for old in list_checkpoints(self.output_dir)[: -self.cfg.run.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
-            if final:
-                with self._inference_weights():
-                    if self.image_target:
-                        self.pipe.depth_vae.load_state_dict(self.pipe.vae.state_dict())
-                    save_checkpoint(self.pipe, self.output_dir / "final")
+        if acc.is_main_process and final:
+            with self._inference_weights():
+                if self.image_target:
+                    self.pipe.depth_vae.load_state_dict(self.pipe.vae.state_dict())
+                save_checkpoint(self.pipe, self.output_dir / "final")
         acc.wait_for_everyone()
         return target
 

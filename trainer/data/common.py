@@ -12,6 +12,8 @@ Conventions (docs/datasets.md):
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +168,41 @@ class DepthReader:
 
     def load(self, name: str) -> Sample:
         raise NotImplementedError
+
+    def paths(self, name: str) -> tuple[Path, ...]:
+        """The files sample ``name`` is read from (DataError when the name itself is malformed or not found)."""
+        raise NotImplementedError
+
+    def file_problems(self, names: list[str] | None = None) -> list[str]:
+        """One line per sample file of the split that is missing, not a regular file or not readable (stat and
+        access only, nothing opened): checked before training starts, rather than found when first drawn."""
+        problems = []
+        for name in self.names() if names is None else names:
+            try:
+                paths = self.paths(name)
+            except DataError as e:
+                problems.append(str(e))
+                continue
+            for path in paths:
+                problem = file_problem(path)
+                if problem:
+                    problems.append(f"{path}: {problem} (sample {name!r})")
+        return problems
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a data file, or None when it can."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------------

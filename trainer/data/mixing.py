@@ -155,6 +155,27 @@ class MixedDepthDataset(_torch_dataset_base()):  # type: ignore[misc]
             raise ValueError(f"length must be positive, got {self.length}")
         self.num_skipped = 0
 
+    def check_files(self, shown: int = 20) -> None:
+        """Every file of every split exists and is readable; else one DataError listing all of them (the first
+        ``shown`` by name, then a count). A spec with ``skip_corrupt`` only logs its missing files."""
+        lines: list[str] = []
+        for spec, reader, names in zip(self.specs, self.readers, self.names):
+            problems = reader.file_problems(names)
+            if not problems:
+                continue
+            if spec.skip_corrupt:
+                logger.warning("%s %s: %d of the split's files are missing or unreadable (skip_corrupt: those samples "
+                               "are skipped when drawn), e.g. %s", spec.kind, spec.root, len(problems), problems[0])
+                continue
+            lines.append(f"{spec.kind} data set {spec.root} (split {spec.split!r}): {len(problems)} file(s) missing or "
+                         "unreadable:")
+            lines.extend(f"  {p}" for p in problems[:shown])
+            if len(problems) > shown:
+                lines.append(f"  ... and {len(problems) - shown} more")
+        if lines:
+            raise DataError("\n".join(lines + ["Fix the data set or its split file (or set skip_corrupt: true on the "
+                                                "data set to skip such samples)."]))
+
     def __len__(self) -> int:
         return self.length
 
