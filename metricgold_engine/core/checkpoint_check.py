@@ -25,9 +25,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .depth_codec import NORMALIZATION_MODES
 from .errors import CheckpointError
-from .options import TIMESTEP_SPACINGS
+from .options import NORMALIZATION_MODES, TIMESTEP_SPACINGS
 
 #: Components of a MetricGold checkpoint folder, in the order they are checked.
 COMPONENTS = ("unet", "vae", "depth_vae", "scheduler", "text_embedding")

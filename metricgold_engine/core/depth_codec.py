@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .options import NORMALIZATION_MODES
+
 NormalizationMode = Literal["log", "linear"]
-NORMALIZATION_MODES: tuple[str, ...] = ("log", "linear")
 
 #: Default metric range of a checkpoint: 10 cm to 100 m covers rooms and streets (the authors' code uses the same
 #: range; driving data is usually filtered at 80 m, which stays inside it). Each checkpoint stores its own range.

@@ -11,3 +11,5 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 #: ``processing_resolution`` 0: the model sees the photo at its own size (None: the checkpoint's default).
 NATIVE_RESOLUTION = 0
+#: Depth normalizations a checkpoint can use: "log" (eq. 3, the paper's) or "linear" (eq. 2).
+NORMALIZATION_MODES: tuple[str, ...] = ("log", "linear")
