@@ -238,6 +238,8 @@ def test_the_client_refuses_a_path_that_is_not_unicode_itself(tmp_path):
             c.predict(str(tmp_path / "\udcff.png"), tmp_path)
         with pytest.raises(InvalidParams, match=r"^out_dir: "):
             c.predict(tmp_path / "a.png", os.fsdecode(bytes(tmp_path) + b"/\xff"))
+        with pytest.raises(InvalidParams, match=r"^source: the path .*\\udcff"):
+            c.predict_sequence(str(tmp_path / "\udcff.mp4"), tmp_path)
         with pytest.raises(ImageLoadError, match="stand-in"):  # the client still works
             c.predict(tmp_path / "a.png", tmp_path)
 

@@ -70,6 +70,10 @@ CANCEL_GRACE = 10.0
 _POLL = 0.05  # seconds between checks of cancel events and deadlines while waiting for the worker
 
 
+#: Methods whose first message (answer or progress) comes before any work: silence means they never started.
+_SAID_BEFORE_WORK = (protocol.HELLO, protocol.LOAD_MODEL, protocol.PREDICT)
+
+
 class _NotSent(Exception):
     """A request never started: it could not be written (the worker's input was closed), or the worker ended without
     a word about it (no reply, no progress)."""
@@ -334,9 +338,9 @@ class WorkerClient:
                 if kind == EOF:
                     if self._closed:
                         raise ClientClosed(f"the WorkerClient was closed while {doing}")
-                    if not heard:
+                    if not heard and method in _SAID_BEFORE_WORK:
                         # Not a word about this request: the worker was already dying (killed while idle) when it
-                        # was sent. Every method answers or reports progress before any work, so it never started.
+                        # was sent. These methods answer or report progress before any work, so it never started.
                         raise _NotSent(method)
                     raise conn.died_error(doing)
                 heard = True
@@ -461,7 +465,7 @@ class WorkerClient:
         stage "frame" (step = frames handled, total = frame count) besides each frame's own stages. Returns the
         worker's result (name, output_dir, camera_path, depth_pattern, frame_count, fps, written, skipped, camera,
         ...). Raises as :meth:`predict`; a cancelled run keeps the frames it wrote (call again to resume)."""
-        params = dict(options, source=_absolute(source), output_dir=_absolute(out_dir))
+        params = dict(options, source=_absolute(source, "source"), output_dir=_absolute(out_dir, "out_dir"))
         try:
             params = protocol.check_params(protocol.PREDICT_SEQUENCE, params)
         except protocol.ProtocolError as exc:
