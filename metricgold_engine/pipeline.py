@@ -26,6 +26,7 @@ from .core.depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN, check_depth_
 from .core.errors import InvalidParams
 from .core.options import ENSEMBLE_REDUCTIONS, NATIVE_RESOLUTION, TIMESTEP_SPACINGS
 from .image_io import load_rgb_image
+from .tiled_decode import DEFAULT_TILE_SIZE, DEFAULT_TILE_THRESHOLD_PIXELS, DEFAULT_WHOLE_MAX_ELEMENTS, tiled_decode
 
 #: Consistency constant: 1.4826 * MAD estimates the standard deviation of a normal distribution.
 MAD_TO_STD = 1.4826
@@ -107,12 +108,33 @@ class MetricGoldPipeline(DiffusionPipeline):
         x = depth_normalized.expand(-1, 3, -1, -1).to(self.depth_vae.dtype)
         return self.depth_vae.encode(x).latent_dist.mean * self.depth_vae.config.scaling_factor
 
-    def decode_depth(self, depth_latent: torch.Tensor) -> torch.Tensor:
-        """Depth latent -> normalized depth [B,H,W] in [-1, 1]: depth VAE decode, mean of the 3 channels, clip."""
-        decoded = self.depth_vae.decode(
-            depth_latent.to(self.depth_vae.dtype) / self.depth_vae.config.scaling_factor
-        ).sample
-        return decoded.float().mean(dim=1).clamp(-1.0, 1.0)
+    #: Output pixels per member above which the depth VAE decodes in tiles (whole-image GroupNorm statistics, so the
+    #: result matches an untiled decode; see tiled_decode.py). Instance attributes may override these.
+    decode_tile_threshold: int = DEFAULT_TILE_THRESHOLD_PIXELS
+    decode_tile_size: int = DEFAULT_TILE_SIZE
+    decode_whole_max_elements: int = DEFAULT_WHOLE_MAX_ELEMENTS
+
+    def decode_depth(
+        self, depth_latent: torch.Tensor, tile_callback: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Depth latent -> normalized depth [B,H,W] in [-1, 1]: depth VAE decode, mean of the 3 channels, clip.
+
+        Above ``decode_tile_threshold`` output pixels, members decode one at a time and in tiles, calling
+        ``tile_callback(done, total)`` after each tile (raising in it aborts)."""
+        latent = depth_latent.to(self.depth_vae.dtype) / self.depth_vae.config.scaling_factor
+        pixels = latent.shape[-2] * latent.shape[-1] * self.vae_scale_factor**2
+        if pixels <= self.decode_tile_threshold:
+            decoded = self.depth_vae.decode(latent).sample
+            return decoded.float().mean(dim=1).clamp(-1.0, 1.0)
+        out = []
+        for i, member in enumerate(latent.split(1)):
+            def member_callback(done: int, total: int, i: int = i) -> None:
+                if tile_callback is not None:
+                    tile_callback(i * total + done, latent.shape[0] * total)
+            decoded = tiled_decode(self.depth_vae, member, self.decode_tile_size, self.decode_whole_max_elements,
+                                   tile_callback=member_callback)
+            out.append(decoded.float().mean(dim=1).clamp(-1.0, 1.0))
+        return torch.cat(out)
 
     def _scheduler_for(self, timestep_spacing: str) -> DDIMScheduler:
         if self.scheduler.config.get("timestep_spacing") == timestep_spacing and isinstance(
@@ -212,6 +234,7 @@ class MetricGoldPipeline(DiffusionPipeline):
         step_callback: Callable[[int, int], None] | None = None,
         depth_latent_init: torch.Tensor | None = None,
         denoise_strength: float = 1.0,
+        decode_callback: Callable[[int, int], None] | None = None,
     ) -> MetricGoldDepthOutput:
         """Predict metric depth for one image (a path, PIL image or HxWx3 array).
 
@@ -230,6 +253,8 @@ class MetricGoldPipeline(DiffusionPipeline):
                 clean depth latent ([1 or E, C, h, w], e.g. the previous frame's ``output.depth_latent``), noised
                 with this call's initial noise to t_start ~ denoise_strength * T; the ``num_inference_steps`` DDIM
                 steps then run from t_start to 0. 1.0 (default) starts from pure noise: an independent prediction.
+            decode_callback: ``f(tile, total)`` after every tile of a tiled depth decode (large images; see
+                ``decode_depth``); raising in it aborts.
         """
         # 0. Settings: the checkpoint's defaults where not given, all checked before any work
         settings = self.check_inputs(
@@ -290,7 +315,7 @@ class MetricGoldPipeline(DiffusionPipeline):
                         step_callback(step, total)
                 # 6. Decode with the depth VAE; mean of 3 channels; drop the padding
                 latents.append(depth_latent.float().cpu())
-                members.append(self.decode_depth(depth_latent)[:, :h, :w])
+                members.append(self.decode_depth(depth_latent, decode_callback)[:, :h, :w])
 
         # 7. Metres, then the ensemble reduced in log-depth space
         normalized = torch.cat(members).cpu().numpy().astype(np.float64)
