@@ -297,16 +297,19 @@ class MetricGoldPipeline(DiffusionPipeline):
 
         # 5. Denoise: the UNet predicts v from cat(image_latent, depth_latent_t); DDIM steps in float32
         members, latents = [], []
+        c = image_latent.shape[1]
         total = num_inference_steps * math.ceil(ensemble_size / batch_size)
         step = 0
         with self.progress_bar(total=total) as progress:
             for depth_latent in noise.split(batch_size):
                 n = depth_latent.shape[0]
-                cond = image_latent.expand(n, -1, -1, -1).to(self.unet.dtype)
                 # A real copy, not a stride-0 view: attention on an expanded tensor runs ~3x slower on the CPU.
                 batch_text = text.repeat(n, 1, 1)
+                # One input buffer per batch: the image half is written once, the depth half at every step.
+                unet_input = torch.empty((n, 2 * c, *image_latent.shape[2:]), dtype=self.unet.dtype, device=device)
+                unet_input[:, :c] = image_latent
                 for t in timesteps:
-                    unet_input = torch.cat([cond, depth_latent.to(self.unet.dtype)], dim=1)
+                    unet_input[:, c:] = depth_latent
                     v = self.unet(unet_input, t, encoder_hidden_states=batch_text, return_dict=False)[0]
                     depth_latent = scheduler.step(v.float(), t, depth_latent).prev_sample
                     step += 1
@@ -318,18 +321,30 @@ class MetricGoldPipeline(DiffusionPipeline):
                 members.append(self.decode_depth(depth_latent, decode_callback)[:, :h, :w])
 
         # 7. Metres, then the ensemble reduced in log-depth space
-        normalized = torch.cat(members).cpu().numpy().astype(np.float64)
-        depth_members = denormalize_depth(normalized, cfg.depth_min, cfg.depth_max, cfg.depth_normalization)
-        log_depth, uncertainty = ensemble_log_depth(
-            depth_members, ensemble_reduction, with_uncertainty=output_uncertainty and ensemble_size > 1
-        )
-
-        # 8. Back to the input resolution (bilinear in log depth, so edges interpolate geometrically)
+        normalized = torch.cat(members).cpu()
         out_size = input_size if match_input_resolution else (h, w)
-        log_depth = _resize(log_depth, out_size)
-        depth = np.exp(log_depth).astype(np.float32)
-        if uncertainty is not None:
-            uncertainty = np.maximum(_resize(uncertainty, out_size), 0.0).astype(np.float32)
+        uncertainty = None
+        if ensemble_reduction == "median" and not (output_uncertainty and ensemble_size > 1):
+            # Depth is monotone in the normalized value, so the median member(s) can be picked before converting:
+            # only 1 or 2 maps (not E) go through float64 metres and logs. Same result as the general path.
+            middle = normalized.sort(dim=0).values[(ensemble_size - 1) // 2: ensemble_size // 2 + 1] \
+                if ensemble_size > 1 else normalized
+            middle_depth = denormalize_depth(middle.numpy().astype(np.float64), cfg.depth_min, cfg.depth_max,
+                                             cfg.depth_normalization)
+            if middle.shape[0] == 1 and tuple(out_size) == (h, w):
+                depth = middle_depth[0].astype(np.float32)
+            else:
+                depth = np.exp(_resize(np.log(middle_depth).mean(axis=0), out_size)).astype(np.float32)
+        else:
+            depth_members = denormalize_depth(normalized.numpy().astype(np.float64), cfg.depth_min, cfg.depth_max,
+                                              cfg.depth_normalization)
+            log_depth, uncertainty = ensemble_log_depth(
+                depth_members, ensemble_reduction, with_uncertainty=output_uncertainty and ensemble_size > 1
+            )
+            # 8. Back to the input resolution (bilinear in log depth, so edges interpolate geometrically)
+            depth = np.exp(_resize(log_depth, out_size)).astype(np.float32)
+            if uncertainty is not None:
+                uncertainty = np.maximum(_resize(uncertainty, out_size), 0.0).astype(np.float32)
 
         settings = {
             "num_inference_steps": num_inference_steps,

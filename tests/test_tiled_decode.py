@@ -79,3 +79,19 @@ def test_pipeline_tiles_above_threshold(sd_path):
     tiled = pipe(image, decode_callback=lambda done, total: calls.append((done, total)), **kwargs).depth
     assert calls and calls[-1][0] == calls[-1][1]
     assert np.abs(np.log(tiled) - np.log(untiled)).max() < 1e-3
+
+
+@pytest.mark.parametrize("ensemble_size", [1, 4])
+def test_median_fast_path_matches_float64_reduction(sd_path, ensemble_size):
+    """The median path converts only the middle member(s) to metres; asking for the uncertainty takes the general
+    path (all members in float64 numpy, ensemble_log_depth). Even ensemble and a resize back to the input size."""
+    pipe = init_from_stable_diffusion(sd_path)
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray((np.random.default_rng(1).random((50, 70, 3)) * 255).astype(np.uint8))
+    kwargs = dict(num_inference_steps=2, ensemble_size=ensemble_size, processing_resolution=48, seed=3)
+    fast = pipe(image, **kwargs).depth
+    # (for one member, the mean is the median and takes the general path)
+    general = pipe(image, output_uncertainty=True, ensemble_reduction="median" if ensemble_size > 1 else "mean",
+                   **kwargs).depth
+    assert fast.shape == general.shape == (50, 70)
+    np.testing.assert_allclose(fast, general, rtol=1e-5)
