@@ -113,6 +113,9 @@ class MetricGoldPipeline(DiffusionPipeline):
     decode_tile_threshold: int = DEFAULT_TILE_THRESHOLD_PIXELS
     decode_tile_size: int = DEFAULT_TILE_SIZE
     decode_whole_max_elements: int = DEFAULT_WHOLE_MAX_ELEMENTS
+    #: SD2's VAE overflows to NaN/inf in float16 at some sizes: a float16 depth VAE is moved to float32 before its
+    #: first decode (bfloat16 has float32's range and is kept). Set False to decode in float16 anyway.
+    upcast_float16_depth_vae: bool = True
 
     def decode_depth(
         self, depth_latent: torch.Tensor, tile_callback: Callable[[int, int], None] | None = None
@@ -121,6 +124,8 @@ class MetricGoldPipeline(DiffusionPipeline):
 
         Above ``decode_tile_threshold`` output pixels, members decode one at a time and in tiles, calling
         ``tile_callback(done, total)`` after each tile (raising in it aborts)."""
+        if self.depth_vae.dtype == torch.float16 and self.upcast_float16_depth_vae:
+            self.depth_vae.to(torch.float32)
         latent = depth_latent.to(self.depth_vae.dtype) / self.depth_vae.config.scaling_factor
         pixels = latent.shape[-2] * latent.shape[-1] * self.vae_scale_factor**2
         if pixels <= self.decode_tile_threshold:
