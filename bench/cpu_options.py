@@ -46,6 +46,8 @@ def main() -> int:
     parser.add_argument("--ensemble", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: this process's CPU time (steadier on a shared machine; run with OMP_NUM_THREADS=1)")
     args = parser.parse_args()
     if args.options[0] != "f32":
         args.options.insert(0, "f32")
@@ -73,15 +75,16 @@ def main() -> int:
         start = time.perf_counter()
         depth[name] = call(name)
         print(f"warm-up {name}: {time.perf_counter() - start:.1f} s", flush=True)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in args.options}
     for _ in range(args.repeats):
         for name in args.options:
-            start = time.perf_counter()
+            start = clock()
             call(name)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     base = statistics.median(times["f32"])
     print(f"model {path.name}, {args.resolution} px, {args.steps} step(s) x {args.ensemble}, torch "
-          f"{torch.__version__}, threads {torch.get_num_threads()}, median of {args.repeats}")
+          f"{torch.__version__}, threads {torch.get_num_threads()}, {args.clock} clock, median of {args.repeats}")
     print(f"{'option':>13} {'speed-up':>9} {'per-repeat':>16} {'median |rel diff|':>18} {'max |rel diff|':>15}")
     for name in args.options:
         per = [b / t for b, t in zip(times["f32"], times[name])]

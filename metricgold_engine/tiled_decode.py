@@ -32,8 +32,8 @@ from torch import nn
 #: channels, ~0.5 GB per full-resolution feature map in float32.
 DEFAULT_TILE_THRESHOLD_PIXELS = 1024 * 1024
 DEFAULT_TILE_SIZE = 512
-#: Largest intermediate (elements, all channels) assembled whole: 2**26 floats = 256 MB.
-DEFAULT_WHOLE_MAX_ELEMENTS = 2**26
+#: Largest intermediate (elements, all channels) assembled whole: 2**24 floats = 64 MB.
+DEFAULT_WHOLE_MAX_ELEMENTS = 2**24
 
 TileCallback = Callable[[int, int], None]
 
