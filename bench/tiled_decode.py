@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import AutoencoderKL  # noqa: E402
 
-from metricgold_engine.model import make_tiny_stable_diffusion  # noqa: E402
+from metricgold_engine.tiny_models import make_tiny_stable_diffusion  # noqa: E402
 from metricgold_engine.tiled_decode import tiled_decode  # noqa: E402
 
 LOG_RANGE = math.log(100.0 / 0.1)
