@@ -100,12 +100,12 @@ class MetricGoldPipeline(DiffusionPipeline):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """RGB in [-1, 1], [B,3,H,W] -> image latent (posterior mean x scaling factor)."""
-        latent = self.vae.encode(image.to(self.vae.dtype)).latent_dist.mean
+        latent = self.vae.encode(image.to(_dtype(self.vae))).latent_dist.mean
         return latent * self.vae.config.scaling_factor
 
     def encode_depth(self, depth_normalized: torch.Tensor) -> torch.Tensor:
         """Normalized depth [B,1,H,W] in [-1, 1] -> depth latent (replicated to 3 channels; posterior mean)."""
-        x = depth_normalized.expand(-1, 3, -1, -1).to(self.depth_vae.dtype)
+        x = depth_normalized.expand(-1, 3, -1, -1).to(_dtype(self.depth_vae))
         return self.depth_vae.encode(x).latent_dist.mean * self.depth_vae.config.scaling_factor
 
     #: Output pixels per member above which the depth VAE decodes in tiles (whole-image GroupNorm statistics, so the
@@ -124,9 +124,9 @@ class MetricGoldPipeline(DiffusionPipeline):
 
         Above ``decode_tile_threshold`` output pixels, members decode one at a time and in tiles, calling
         ``tile_callback(done, total)`` after each tile (raising in it aborts)."""
-        if self.depth_vae.dtype == torch.float16 and self.upcast_float16_depth_vae:
+        if _dtype(self.depth_vae) == torch.float16 and self.upcast_float16_depth_vae:
             self.depth_vae.to(torch.float32)
-        latent = depth_latent.to(self.depth_vae.dtype) / self.depth_vae.config.scaling_factor
+        latent = depth_latent.to(_dtype(self.depth_vae)) / self.depth_vae.config.scaling_factor
         pixels = latent.shape[-2] * latent.shape[-1] * self.vae_scale_factor**2
         if pixels <= self.decode_tile_threshold:
             decoded = self.depth_vae.decode(latent).sample
@@ -141,12 +141,28 @@ class MetricGoldPipeline(DiffusionPipeline):
             out.append(decoded.float().mean(dim=1).clamp(-1.0, 1.0))
         return torch.cat(out)
 
+    def _device(self) -> torch.device:
+        """Where the models run: the UNet's device, unless offloading hooks decide (then diffusers' own answer).
+        ``_execution_device`` walks every submodule of every component, milliseconds per prediction."""
+        device = next(self.unet.parameters()).device
+        if device.type == "meta" or any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook")
+                                        for m in (self.unet, self.vae, self.depth_vae)):
+            return self._execution_device
+        return device
+
     def _scheduler_for(self, timestep_spacing: str) -> DDIMScheduler:
         if self.scheduler.config.get("timestep_spacing") == timestep_spacing and isinstance(
             self.scheduler, DDIMScheduler
         ):
             return self.scheduler
-        return DDIMScheduler.from_config(self.scheduler.config, timestep_spacing=timestep_spacing)
+        # Built once per spacing (from_config inspects signatures: milliseconds per call), again if the scheduler is
+        # replaced (the entry holds the source, so the identity check is sound).
+        entry = self.__dict__.get("_spacing_scheduler")
+        if entry is None or entry[0] is not self.scheduler or entry[1] != timestep_spacing:
+            entry = (self.scheduler, timestep_spacing,
+                     DDIMScheduler.from_config(self.scheduler.config, timestep_spacing=timestep_spacing))
+            self.__dict__["_spacing_scheduler"] = entry
+        return entry[2]
 
     def _prepare_image(
         self, image: Image.Image, processing_resolution: int
@@ -272,7 +288,7 @@ class MetricGoldPipeline(DiffusionPipeline):
         if seed is not None and generator is None:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
         cfg = self.config
-        device = self._execution_device
+        device = self._device()
 
         # 1. Image -> [-1, 1] tensor at the processing resolution, padded to a multiple of 8
         pil = load_rgb_image(image)
@@ -281,7 +297,8 @@ class MetricGoldPipeline(DiffusionPipeline):
 
         # 2. Image latent, computed once and shared by all ensemble members
         image_latent = self.encode_image(rgb.to(device))
-        text = self.text_embedding.embedding.to(device=device, dtype=self.unet.dtype)
+        unet_dtype = _dtype(self.unet)
+        text = self.text_embedding.embedding.to(device=device, dtype=unet_dtype)
 
         # 3. DDIM timesteps (a warm start: the last num_inference_steps of a longer schedule)
         scheduler = self._scheduler_for(timestep_spacing)
@@ -311,7 +328,7 @@ class MetricGoldPipeline(DiffusionPipeline):
                 # A real copy, not a stride-0 view: attention on an expanded tensor runs ~3x slower on the CPU.
                 batch_text = text.repeat(n, 1, 1)
                 # One input buffer per batch: the image half is written once, the depth half at every step.
-                unet_input = torch.empty((n, 2 * c, *image_latent.shape[2:]), dtype=self.unet.dtype, device=device)
+                unet_input = torch.empty((n, 2 * c, *image_latent.shape[2:]), dtype=unet_dtype, device=device)
                 unet_input[:, :c] = image_latent
                 for t in timesteps:
                     unet_input[:, c:] = depth_latent
@@ -393,6 +410,12 @@ def ensemble_log_depth(
     if reduction == "median":
         return log_depth, MAD_TO_STD * np.median(np.abs(depth_members - np.exp(log_depth)), axis=0)
     return log_depth, depth_members.std(axis=0)
+
+
+def _dtype(module: torch.nn.Module) -> torch.dtype:
+    """A module's dtype from its first parameter: diffusers' ``.dtype`` walks every submodule on each access, a
+    measurable part of a 1-step prediction on a small model."""
+    return next(module.parameters()).dtype
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
