@@ -95,3 +95,28 @@ def test_median_fast_path_matches_float64_reduction(sd_path, ensemble_size):
                    **kwargs).depth
     assert fast.shape == general.shape == (50, 70)
     np.testing.assert_allclose(fast, general, rtol=1e-5)
+
+
+def test_estimator_cancel_reaches_the_tiled_decode(tiny_checkpoint):
+    """Through the backend (as the worker runs it): progress is called between decode tiles, so raising in it
+    (the worker's cancel) stops a long tiled decode."""
+    from metricgold_engine.backends import load_estimator
+
+    est = load_estimator(tiny_checkpoint, device="cpu", dtype="float32")
+    est.pipeline.set_progress_bar_config(disable=True)
+    est.pipeline.decode_tile_threshold, est.pipeline.decode_tile_size = 16 * 16, 16
+    est.pipeline.decode_whole_max_elements = 1
+    events = []
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(stage, step, total):
+        events.append((stage, step, total))
+        if len(events) == 5:  # 2 denoising steps, then tiles
+            raise Cancelled
+
+    image = Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8))
+    with pytest.raises(Cancelled):
+        est.predict(image, progress=progress, num_inference_steps=2, ensemble_size=1, processing_resolution=0)
+    assert events[:2] == [("denoise", 1, 2), ("denoise", 2, 2)] and events[2:] == [("denoise", 2, 2)] * 3
