@@ -57,7 +57,8 @@ def main() -> int:
     }
     if not args.no_diffusers:
         def diffusers_tiled() -> torch.Tensor:
-            vae.enable_tiling(tile_sample_min_height=args.tile, tile_sample_min_width=args.tile)
+            vae.enable_tiling()
+            vae.tile_sample_min_size, vae.tile_latent_min_size = args.tile, args.tile // f
             try:
                 return vae.decode(latent).sample
             finally:
