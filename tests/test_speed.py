@@ -1,4 +1,5 @@
-"""Speed options keep the result: channels-last gives the same depth; a float16 depth VAE decodes in float32."""
+"""Speed options keep the result: channels-last (the CPU default) gives the same depth; a float16 depth VAE decodes
+in float32."""
 
 import numpy as np
 import pytest
@@ -23,9 +24,13 @@ def test_channels_last_same_depth(checkpoint):
     kwargs = dict(num_inference_steps=2, ensemble_size=2, processing_resolution=0, seed=1)
     plain = load_pipeline(checkpoint, device="cpu", dtype="float32")
     plain.set_progress_bar_config(disable=True)
-    nhwc = apply_speed_options(load_pipeline(checkpoint, device="cpu", dtype="float32"), channels_last=True)
+    for module in (plain.unet, plain.vae, plain.depth_vae):
+        module.to(memory_format=torch.contiguous_format)
+    assert not plain.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc = load_pipeline(checkpoint, device="cpu", dtype="float32")  # the CPU default
     nhwc.set_progress_bar_config(disable=True)
     assert nhwc.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert apply_speed_options(nhwc, channels_last=True) is nhwc
     np.testing.assert_allclose(nhwc(_image(), **kwargs).depth, plain(_image(), **kwargs).depth, rtol=1e-4)
 
 
