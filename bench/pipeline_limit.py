@@ -9,8 +9,8 @@ the ensemble reduction (a float32 median over the members). The pipeline also lo
 scheduler, converts to metres and resizes back: the ratio pipeline / limit is what all of that costs (1.00 = none).
 Pipeline and limit alternate within each repeat, so both see the same machine load; the medians of ``--repeats``
 are printed, with the spread of the per-repeat ratios (a noisy, shared machine shows there). The default clock is
-the process's CPU time, which other processes on a shared machine disturb far less than elapsed time. ``--long-steps 10``
-makes the 50 x 10 setting 10 x 10, for a quicker run.
+the process's CPU time, which other processes on a shared machine disturb far less than elapsed time.
+``--long-steps 10`` makes the 50 x 10 setting 10 x 10, for a quicker run (0 skips it).
 """
 
 from __future__ import annotations
@@ -63,14 +63,17 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
     parser.add_argument("--resolutions", nargs="+", type=int, default=[256, 768])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--long-steps", type=int, default=50, help="steps of the 'x 10' setting (50 as the paper; 0 skips it)")
+    parser.add_argument("--long-steps", type=int, default=50,
+                        help="steps of the 'x 10' setting (50 as the paper; 0 skips it)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="cpu: this process's CPU time (steadier on a shared machine; run with "
                              "OMP_NUM_THREADS=1 so that it equals the work done), wall: elapsed time")
     args = parser.parse_args()
 
-    settings = [(1, 1, "trailing"), (4, 1, "trailing")] + ([(args.long_steps, 10, "leading")] if args.long_steps else [])
+    settings = [(1, 1, "trailing"), (4, 1, "trailing")]
+    if args.long_steps:
+        settings.append((args.long_steps, 10, "leading"))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, {args.clock} clock, "
           f"median of {args.repeats} interleaved repeats")

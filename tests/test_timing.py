@@ -19,7 +19,8 @@ def test_paper_defaults_become_fast_mode_unless_user_set():
     paper = {"default_num_inference_steps": 50, "default_timestep_spacing": "leading", "default_ensemble_size": 10}
     out = timing.apply_fast_mode({"num_inference_steps": None, "ensemble_size": None}, paper)
     assert out == {"num_inference_steps": 4, "ensemble_size": 1, "timestep_spacing": "trailing"}
-    out = timing.apply_fast_mode({"num_inference_steps": 20, "ensemble_size": 3}, {**paper, "fast_num_inference_steps": 2})
+    user_set = {"num_inference_steps": 20, "ensemble_size": 3}
+    out = timing.apply_fast_mode(user_set, {**paper, "fast_num_inference_steps": 2})
     assert out["num_inference_steps"] == 20 and out["ensemble_size"] == 3
     out = timing.apply_fast_mode({"num_inference_steps": None}, {**paper, "fast_num_inference_steps": 2})
     assert out["num_inference_steps"] == 2
