@@ -408,7 +408,8 @@ class DepthTask:
 def timing_file() -> str:
     """Where the add-on remembers prediction times (Blender's user config folder; METRICGOLD_TIMING_FILE overrides,
     as the tests do)."""
-    return os.environ.get("METRICGOLD_TIMING_FILE") or os.path.join(bpy.utils.user_resource("CONFIG", path="metricgold"), "timing.json")
+    return os.environ.get("METRICGOLD_TIMING_FILE") or os.path.join(
+        bpy.utils.user_resource("CONFIG", path="metricgold"), "timing.json")
 
 
 class _ImageToDepth(GeometryOptions):
