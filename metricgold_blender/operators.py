@@ -20,7 +20,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProperty, IntProperty, StringProperty
 
-from . import jobs, mesh_builder
+from . import jobs, mesh_builder, timing
 from .engine import depth_io, geometry, mesh_size
 from .preferences import (
     RESOLUTION_FROM_PREFERENCES,
@@ -388,6 +388,11 @@ class DepthTask:
             self.created.remove_all()
             self.report({"ERROR"}, f"MetricGold: {e}")
             return {"CANCELLED"}
+        try:  # remembered for the expected time of the next run
+            timing.remember_run(timing_file(), self.settings.model, self.settings.device, result.settings,
+                                result.seconds)
+        except OSError as e:
+            print(f"MetricGold: could not remember the run's time: {e}")
         what = "points" if self.build_options.point_cloud else "vertices"
         demo = "" if self.settings.model else " (built-in DEMO model: expect rough depth)"
         if self.result.camera is not None:  # kept on the camera, for scripts and for the user to check later
@@ -398,6 +403,13 @@ class DepthTask:
         self.report({"INFO"}, f"MetricGold: {self.name}: {self.result.vertex_count} {what}{stride}, camera from "
                               f"{source}, depth {result.depth_path}{licence}{demo}")
         return {"FINISHED"}
+
+
+def timing_file() -> str:
+    """Where the add-on remembers prediction times (Blender's user config folder; METRICGOLD_TIMING_FILE overrides,
+    as the tests do)."""
+    return os.environ.get("METRICGOLD_TIMING_FILE") or os.path.join(
+        bpy.utils.user_resource("CONFIG", path="metricgold"), "timing.json")
 
 
 class _ImageToDepth(GeometryOptions):
@@ -417,6 +429,10 @@ class _ImageToDepth(GeometryOptions):
     processing_resolution: IntProperty(  # type: ignore[valid-type]
         name="Processing Resolution", description="-2: preferences, -1: model default, 0: the image's own",
         default=RESOLUTION_FROM_PREFERENCES, min=RESOLUTION_FROM_PREFERENCES)
+    fast_mode: BoolProperty(  # type: ignore[valid-type]
+        name="Fast Mode", default=True,
+        description="Trailing spacing and 1-4 steps where steps and ensemble are left to the model (the model's own "
+                    "defaults when they already are fast)")
     worker_python: StringProperty(  # type: ignore[valid-type]
         name="Worker Python", description="Override the preferences' worker Python", subtype="FILE_PATH",
         options={"HIDDEN", "SKIP_SAVE"})
@@ -470,7 +486,7 @@ class _ImageToDepth(GeometryOptions):
                         else "no image: open one in the Image Editor or choose a file")
                 mesh_builder.image_size(image)
                 photo_path = bpy.path.abspath(image.filepath) if image.filepath else ""
-            options = settings.predict_options(self.steps, self.ensemble, self.processing_resolution)
+            options = self._predict_options(settings)
             options.update(self.camera_hint(mesh_builder.image_size(image)[0]))
             self._task = DepthTask(
                 image_name=image.name, photo_path=photo_path, settings=settings, predict_options=options,
@@ -491,6 +507,11 @@ class _ImageToDepth(GeometryOptions):
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)  # type: ignore[arg-type]
         return {"RUNNING_MODAL"}
+
+    def _predict_options(self, settings: Settings) -> dict[str, Any]:
+        options = settings.predict_options(self.steps, self.ensemble, self.processing_resolution)
+        return timing.apply_fast_mode(options, timing.read_model_defaults(settings.model)) if self.fast_mode \
+            else options
 
     def _run_blocking(self, context: Any) -> OperatorResult:
         assert self._task is not None
@@ -528,6 +549,11 @@ class _ImageToDepth(GeometryOptions):
         row.prop(self, "steps")
         row.prop(self, "ensemble")
         col.prop(self, "processing_resolution")
+        col.prop(self, "fast_mode")
+        settings = self._settings(context)
+        col.label(text=timing.expected_text(timing_file(), settings.model, settings.device,
+                                            self._predict_options(settings),
+                                            timing.read_model_defaults(settings.model)))
         self.draw_geometry(col, self.point_cloud)
 
 

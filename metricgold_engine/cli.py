@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", default=None,
                    help=f"comma-separated outputs among {', '.join(FORMATS)} (default: {','.join(DEFAULT_FORMATS)}; "
                         "for a video or sequence: exr); ply = coloured point cloud in metres")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (first image pays the compile)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true",
+                   help="channels-last (NHWC) weights (already the CPU default; for GPUs)")
     add_sequence_arguments(p)
 
     t = sub.add_parser("make-tiny-checkpoint", help="write a tiny random MetricGold checkpoint (tests, CPU demos)")
@@ -266,6 +269,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
               file=sys.stderr)
     pipeline = getattr(estimator, "pipeline", None)
+    if pipeline is not None and (args.compile or args.channels_last):
+        from .speed import apply_speed_options
+
+        apply_speed_options(pipeline, compile=args.compile, channels_last=args.channels_last)
     if pipeline is not None:
         pipeline.set_progress_bar_config(leave=False, desc="denoising", disable=shard.count > 1)  # one bar in all
 
@@ -381,6 +388,10 @@ def cmd_predict_sequence(args: argparse.Namespace) -> int:
         print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
               file=sys.stderr)
     pipeline = getattr(estimator, "pipeline", None)
+    if pipeline is not None and (args.compile or args.channels_last):
+        from .speed import apply_speed_options
+
+        apply_speed_options(pipeline, compile=args.compile, channels_last=args.channels_last)
     if pipeline is not None:
         pipeline.set_progress_bar_config(disable=True)
     failed = 0

@@ -26,6 +26,7 @@ from .core.depth_codec import DEFAULT_DEPTH_MAX, DEFAULT_DEPTH_MIN, check_depth_
 from .core.errors import InvalidParams
 from .core.options import ENSEMBLE_REDUCTIONS, NATIVE_RESOLUTION, TIMESTEP_SPACINGS
 from .image_io import load_rgb_image
+from .tiled_decode import DEFAULT_TILE_SIZE, DEFAULT_TILE_THRESHOLD_PIXELS, DEFAULT_WHOLE_MAX_ELEMENTS, tiled_decode
 
 #: Consistency constant: 1.4826 * MAD estimates the standard deviation of a normal distribution.
 MAD_TO_STD = 1.4826
@@ -99,27 +100,69 @@ class MetricGoldPipeline(DiffusionPipeline):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """RGB in [-1, 1], [B,3,H,W] -> image latent (posterior mean x scaling factor)."""
-        latent = self.vae.encode(image.to(self.vae.dtype)).latent_dist.mean
+        latent = self.vae.encode(image.to(_dtype(self.vae))).latent_dist.mean
         return latent * self.vae.config.scaling_factor
 
     def encode_depth(self, depth_normalized: torch.Tensor) -> torch.Tensor:
         """Normalized depth [B,1,H,W] in [-1, 1] -> depth latent (replicated to 3 channels; posterior mean)."""
-        x = depth_normalized.expand(-1, 3, -1, -1).to(self.depth_vae.dtype)
+        x = depth_normalized.expand(-1, 3, -1, -1).to(_dtype(self.depth_vae))
         return self.depth_vae.encode(x).latent_dist.mean * self.depth_vae.config.scaling_factor
 
-    def decode_depth(self, depth_latent: torch.Tensor) -> torch.Tensor:
-        """Depth latent -> normalized depth [B,H,W] in [-1, 1]: depth VAE decode, mean of the 3 channels, clip."""
-        decoded = self.depth_vae.decode(
-            depth_latent.to(self.depth_vae.dtype) / self.depth_vae.config.scaling_factor
-        ).sample
-        return decoded.float().mean(dim=1).clamp(-1.0, 1.0)
+    #: Output pixels per member above which the depth VAE decodes in tiles (whole-image GroupNorm statistics, so the
+    #: result matches an untiled decode; see tiled_decode.py). Instance attributes may override these.
+    decode_tile_threshold: int = DEFAULT_TILE_THRESHOLD_PIXELS
+    decode_tile_size: int = DEFAULT_TILE_SIZE
+    decode_whole_max_elements: int = DEFAULT_WHOLE_MAX_ELEMENTS
+    #: SD2's VAE overflows to NaN/inf in float16 at some sizes: a float16 depth VAE is moved to float32 before its
+    #: first decode (bfloat16 has float32's range and is kept). Set False to decode in float16 anyway.
+    upcast_float16_depth_vae: bool = True
+
+    def decode_depth(
+        self, depth_latent: torch.Tensor, tile_callback: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Depth latent -> normalized depth [B,H,W] in [-1, 1]: depth VAE decode, mean of the 3 channels, clip.
+
+        Above ``decode_tile_threshold`` output pixels, members decode one at a time and in tiles, calling
+        ``tile_callback(done, total)`` after each tile (raising in it aborts)."""
+        if _dtype(self.depth_vae) == torch.float16 and self.upcast_float16_depth_vae:
+            self.depth_vae.to(torch.float32)
+        latent = depth_latent.to(_dtype(self.depth_vae)) / self.depth_vae.config.scaling_factor
+        pixels = latent.shape[-2] * latent.shape[-1] * self.vae_scale_factor**2
+        if pixels <= self.decode_tile_threshold:
+            decoded = self.depth_vae.decode(latent).sample
+            return decoded.float().mean(dim=1).clamp(-1.0, 1.0)
+        out = []
+        for i, member in enumerate(latent.split(1)):
+            def member_callback(done: int, total: int, i: int = i) -> None:
+                if tile_callback is not None:
+                    tile_callback(i * total + done, latent.shape[0] * total)
+            decoded = tiled_decode(self.depth_vae, member, self.decode_tile_size, self.decode_whole_max_elements,
+                                   tile_callback=member_callback)
+            out.append(decoded.float().mean(dim=1).clamp(-1.0, 1.0))
+        return torch.cat(out)
+
+    def _device(self) -> torch.device:
+        """Where the models run: the UNet's device, unless offloading hooks decide (then diffusers' own answer).
+        ``_execution_device`` walks every submodule of every component, milliseconds per prediction."""
+        device = next(self.unet.parameters()).device
+        if device.type == "meta" or any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook")
+                                        for m in (self.unet, self.vae, self.depth_vae)):
+            return self._execution_device
+        return device
 
     def _scheduler_for(self, timestep_spacing: str) -> DDIMScheduler:
         if self.scheduler.config.get("timestep_spacing") == timestep_spacing and isinstance(
             self.scheduler, DDIMScheduler
         ):
             return self.scheduler
-        return DDIMScheduler.from_config(self.scheduler.config, timestep_spacing=timestep_spacing)
+        # Built once per spacing (from_config inspects signatures: milliseconds per call), again if the scheduler is
+        # replaced (the entry holds the source, so the identity check is sound).
+        entry = self.__dict__.get("_spacing_scheduler")
+        if entry is None or entry[0] is not self.scheduler or entry[1] != timestep_spacing:
+            entry = (self.scheduler, timestep_spacing,
+                     DDIMScheduler.from_config(self.scheduler.config, timestep_spacing=timestep_spacing))
+            self.__dict__["_spacing_scheduler"] = entry
+        return entry[2]
 
     def _prepare_image(
         self, image: Image.Image, processing_resolution: int
@@ -212,6 +255,7 @@ class MetricGoldPipeline(DiffusionPipeline):
         step_callback: Callable[[int, int], None] | None = None,
         depth_latent_init: torch.Tensor | None = None,
         denoise_strength: float = 1.0,
+        decode_callback: Callable[[int, int], None] | None = None,
     ) -> MetricGoldDepthOutput:
         """Predict metric depth for one image (a path, PIL image or HxWx3 array).
 
@@ -230,6 +274,8 @@ class MetricGoldPipeline(DiffusionPipeline):
                 clean depth latent ([1 or E, C, h, w], e.g. the previous frame's ``output.depth_latent``), noised
                 with this call's initial noise to t_start ~ denoise_strength * T; the ``num_inference_steps`` DDIM
                 steps then run from t_start to 0. 1.0 (default) starts from pure noise: an independent prediction.
+            decode_callback: ``f(tile, total)`` after every tile of a tiled depth decode (large images; see
+                ``decode_depth``); raising in it aborts.
         """
         # 0. Settings: the checkpoint's defaults where not given, all checked before any work
         settings = self.check_inputs(
@@ -242,7 +288,7 @@ class MetricGoldPipeline(DiffusionPipeline):
         if seed is not None and generator is None:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
         cfg = self.config
-        device = self._execution_device
+        device = self._device()
 
         # 1. Image -> [-1, 1] tensor at the processing resolution, padded to a multiple of 8
         pil = load_rgb_image(image)
@@ -251,7 +297,8 @@ class MetricGoldPipeline(DiffusionPipeline):
 
         # 2. Image latent, computed once and shared by all ensemble members
         image_latent = self.encode_image(rgb.to(device))
-        text = self.text_embedding.embedding.to(device=device, dtype=self.unet.dtype)
+        unet_dtype = _dtype(self.unet)
+        text = self.text_embedding.embedding.to(device=device, dtype=unet_dtype)
 
         # 3. DDIM timesteps (a warm start: the last num_inference_steps of a longer schedule)
         scheduler = self._scheduler_for(timestep_spacing)
@@ -272,16 +319,19 @@ class MetricGoldPipeline(DiffusionPipeline):
 
         # 5. Denoise: the UNet predicts v from cat(image_latent, depth_latent_t); DDIM steps in float32
         members, latents = [], []
+        c = image_latent.shape[1]
         total = num_inference_steps * math.ceil(ensemble_size / batch_size)
         step = 0
         with self.progress_bar(total=total) as progress:
             for depth_latent in noise.split(batch_size):
                 n = depth_latent.shape[0]
-                cond = image_latent.expand(n, -1, -1, -1).to(self.unet.dtype)
                 # A real copy, not a stride-0 view: attention on an expanded tensor runs ~3x slower on the CPU.
                 batch_text = text.repeat(n, 1, 1)
+                # One input buffer per batch: the image half is written once, the depth half at every step.
+                unet_input = torch.empty((n, 2 * c, *image_latent.shape[2:]), dtype=unet_dtype, device=device)
+                unet_input[:, :c] = image_latent
                 for t in timesteps:
-                    unet_input = torch.cat([cond, depth_latent.to(self.unet.dtype)], dim=1)
+                    unet_input[:, c:] = depth_latent
                     v = self.unet(unet_input, t, encoder_hidden_states=batch_text, return_dict=False)[0]
                     depth_latent = scheduler.step(v.float(), t, depth_latent).prev_sample
                     step += 1
@@ -290,21 +340,33 @@ class MetricGoldPipeline(DiffusionPipeline):
                         step_callback(step, total)
                 # 6. Decode with the depth VAE; mean of 3 channels; drop the padding
                 latents.append(depth_latent.float().cpu())
-                members.append(self.decode_depth(depth_latent)[:, :h, :w])
+                members.append(self.decode_depth(depth_latent, decode_callback)[:, :h, :w])
 
         # 7. Metres, then the ensemble reduced in log-depth space
-        normalized = torch.cat(members).cpu().numpy().astype(np.float64)
-        depth_members = denormalize_depth(normalized, cfg.depth_min, cfg.depth_max, cfg.depth_normalization)
-        log_depth, uncertainty = ensemble_log_depth(
-            depth_members, ensemble_reduction, with_uncertainty=output_uncertainty and ensemble_size > 1
-        )
-
-        # 8. Back to the input resolution (bilinear in log depth, so edges interpolate geometrically)
+        normalized = torch.cat(members).cpu()
         out_size = input_size if match_input_resolution else (h, w)
-        log_depth = _resize(log_depth, out_size)
-        depth = np.exp(log_depth).astype(np.float32)
-        if uncertainty is not None:
-            uncertainty = np.maximum(_resize(uncertainty, out_size), 0.0).astype(np.float32)
+        uncertainty = None
+        if ensemble_reduction == "median" and not (output_uncertainty and ensemble_size > 1):
+            # Depth is monotone in the normalized value, so the median member(s) can be picked before converting:
+            # only 1 or 2 maps (not E) go through float64 metres and logs. Same result as the general path.
+            middle = normalized.sort(dim=0).values[(ensemble_size - 1) // 2: ensemble_size // 2 + 1] \
+                if ensemble_size > 1 else normalized
+            middle_depth = denormalize_depth(middle.numpy().astype(np.float64), cfg.depth_min, cfg.depth_max,
+                                             cfg.depth_normalization)
+            if middle.shape[0] == 1 and tuple(out_size) == (h, w):
+                depth = middle_depth[0].astype(np.float32)
+            else:
+                depth = np.exp(_resize(np.log(middle_depth).mean(axis=0), out_size)).astype(np.float32)
+        else:
+            depth_members = denormalize_depth(normalized.numpy().astype(np.float64), cfg.depth_min, cfg.depth_max,
+                                              cfg.depth_normalization)
+            log_depth, uncertainty = ensemble_log_depth(
+                depth_members, ensemble_reduction, with_uncertainty=output_uncertainty and ensemble_size > 1
+            )
+            # 8. Back to the input resolution (bilinear in log depth, so edges interpolate geometrically)
+            depth = np.exp(_resize(log_depth, out_size)).astype(np.float32)
+            if uncertainty is not None:
+                uncertainty = np.maximum(_resize(uncertainty, out_size), 0.0).astype(np.float32)
 
         settings = {
             "num_inference_steps": num_inference_steps,
@@ -348,6 +410,12 @@ def ensemble_log_depth(
     if reduction == "median":
         return log_depth, MAD_TO_STD * np.median(np.abs(depth_members - np.exp(log_depth)), axis=0)
     return log_depth, depth_members.std(axis=0)
+
+
+def _dtype(module: torch.nn.Module) -> torch.dtype:
+    """A module's dtype from its first parameter: diffusers' ``.dtype`` walks every submodule on each access, a
+    measurable part of a 1-step prediction on a small model."""
+    return next(module.parameters()).dtype
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -17,6 +17,12 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _timing_file(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The add-on remembers prediction times: in a temp file during tests, not the user's config."""
+    os.environ["METRICGOLD_TIMING_FILE"] = str(tmp_path_factory.mktemp("timing") / "timing.json")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to a tiny, randomly initialised MetricGold checkpoint (float32, CPU-friendly, seed 0)."""

@@ -80,11 +80,19 @@ class MetricGoldEstimator(DepthEstimator):
             raise ValueError(f"unknown option(s) for a MetricGold model: {', '.join(unknown)} "
                              f"(known: {', '.join(METRICGOLD_OPTIONS)})")
         options = {k: v for k, v in options.items() if v is not None}  # None: the checkpoint's default
-        callback = None
+        callback = decode_callback = None
         if progress is not None:
+            last = [0, 1]
+
             def callback(step: int, total: int) -> None:
+                last[:] = [step, total]
                 progress("denoise", step, total)
-        out = self.pipeline(image, step_callback=callback, **options)
+
+            def decode_callback(tile: int, tiles: int) -> None:
+                # A tiled decode of a large image takes a while: the denoise stage's last step is reported again
+                # after every tile, so that a cancel (raised from progress) stops it between tiles.
+                progress("denoise", *last)
+        out = self.pipeline(image, step_callback=callback, decode_callback=decode_callback, **options)
         return DepthPrediction(depth=out.depth, uncertainty=out.uncertainty, focal_px=None,
                                settings=dict(out.settings))
 
