@@ -119,13 +119,17 @@ class PredictionJob:
         if self.state == "done":
             return 1.0
         if self.stage == "denoise" and self.total > 0:
-            return 0.05 + 0.9 * min(self.step / self.total, 1.0)
+            return 0.05 + 0.85 * min(self.step / self.total, 1.0)
+        if self.stage == "decode" and self.total > 0:
+            return 0.9 + 0.05 * min(self.step / self.total, 1.0)
         return {"save": 0.95}.get(self.stage, 0.0)
 
     @property
     def status_text(self) -> str:
         if self.stage == "denoise" and self.total:
             return f"MetricGold: denoising step {self.step}/{self.total} (Esc to cancel)"
+        if self.stage == "decode" and self.total:
+            return f"MetricGold: decoding the depth, tile {self.step}/{self.total} (Esc to cancel)"
         names = {"load_image": "reading the image", "save": "saving the depth"}
         return f"MetricGold: {names.get(self.stage, self.stage)}... (Esc to cancel)"
 

@@ -402,7 +402,8 @@ class WorkerServer:
 
         # 3. Predict; progress reports each step and is where a cancel takes effect
         def progress(stage: str, step: int, total: int) -> None:
-            job.step = step
+            if stage != protocol.STAGE_DECODE:  # job.step counts model steps (cancel replies report it)
+                job.step = step
             self._progress(job, stage, step, total)
             if job.cancel.is_set():
                 raise PredictionCancelled("cancelled")
@@ -485,7 +486,8 @@ class WorkerServer:
 
         # 2. Every frame; progress is where a cancel takes effect (between frames and between denoising steps)
         def progress(stage: str, step: int, total: int) -> None:
-            job.step = step
+            if stage != protocol.STAGE_DECODE:  # job.step counts model steps (cancel replies report it)
+                job.step = step
             self._progress(job, stage, step, total)
             if job.cancel.is_set():
                 raise PredictionCancelled("cancelled")

@@ -393,3 +393,47 @@ def test_predict_without_a_model_loads_the_built_in_demo_model(tiny_checkpoint, 
     info = server.info()
     assert info["model_loaded"] and Path(info["model_path"]) == tiny_checkpoint.resolve()
     assert info["demo_model"] is True  # so that clients can label it as the demo model
+
+
+def test_cancel_during_the_tiled_depth_decode_is_answered_quickly(tiny_checkpoint, image, tmp_path):
+    """A large photo's depth decode runs in tiles; the worker reports each tile (stage "decode") and a cancel that
+    arrives during the decode is answered before the decode finishes, within 2 s."""
+    import os
+    import threading
+    import time
+
+    from metricgold_engine.worker import WorkerServer
+
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    server = WorkerServer(os.fdopen(rep_w, "wb", buffering=0), device="cpu", dtype="float32")
+    server.load(str(tiny_checkpoint), "cpu", "float32")
+    pipe = server.estimator.pipeline
+    # Make the small test photo decode as a large one does: many small tiles, nothing kept whole.
+    pipe.decode_tile_threshold, pipe.decode_tile_size, pipe.decode_whole_max_elements = 16 * 16, 16, 1
+    thread = threading.Thread(target=server.serve, args=(os.fdopen(req_r, "rb", buffering=0),), daemon=True)
+    thread.start()
+    requests = os.fdopen(req_w, "wb", buffering=0)
+    replies = os.fdopen(rep_r, "rb", buffering=0)
+    params = {"image": str(image), "output_dir": str(tmp_path), "num_inference_steps": 1, "ensemble_size": 1,
+              "processing_resolution": 0}
+    requests.write(P.encode(P.request("predict", params, 7)))
+    stages, sent_at, reply = [], None, None
+    for line in replies:
+        message = P.parse_response(line)
+        if message.is_notification:
+            stages.append((message.params["stage"], message.params["step"], message.params["total"]))
+            if message.params["stage"] == "decode" and sent_at is None:
+                sent_at = time.monotonic()
+                requests.write(P.encode(P.notification("cancel", {"request_id": 7})))
+            continue
+        reply = message
+        break
+    answered_in = time.monotonic() - sent_at
+    requests.close()
+    thread.join(30)
+    decode = [s for s in stages if s[0] == "decode"]
+    assert decode and decode[0][2] > 3  # several tiles were announced ...
+    assert decode[-1][1] < decode[0][2]  # ... and the decode stopped before the last one
+    assert reply.id == 7 and reply.error["code"] == P.CANCELLED and answered_in < 2.0
+    assert not list(tmp_path.glob("*.npy"))  # a cancelled prediction writes nothing

@@ -82,16 +82,14 @@ class MetricGoldEstimator(DepthEstimator):
         options = {k: v for k, v in options.items() if v is not None}  # None: the checkpoint's default
         callback = decode_callback = None
         if progress is not None:
-            last = [0, 1]
 
             def callback(step: int, total: int) -> None:
-                last[:] = [step, total]
                 progress("denoise", step, total)
 
             def decode_callback(tile: int, tiles: int) -> None:
-                # A tiled decode of a large image takes a while: the denoise stage's last step is reported again
-                # after every tile, so that a cancel (raised from progress) stops it between tiles.
-                progress("denoise", *last)
+                # A tiled decode of a large image takes a while: reported tile by tile, so that the user sees it
+                # move and a cancel (raised from progress) stops it between tiles.
+                progress("decode", tile, tiles)
         out = self.pipeline(image, step_callback=callback, decode_callback=decode_callback, **options)
         return DepthPrediction(depth=out.depth, uncertainty=out.uncertainty, focal_px=None,
                                settings=dict(out.settings))

@@ -49,8 +49,9 @@ STAGE_LOAD_MODEL = "load_model"
 STAGE_LOAD_IMAGE = "load_image"
 STAGE_DENOISE = "denoise"
 STAGE_SAVE = "save"
+STAGE_DECODE = "decode"  # MetricGold's tiled depth-VAE decode of a large image: step = tiles done (all members)
 STAGE_PREDICT = "predict"  # a one-pass model's (Depth Pro, Depth Anything, ZoeDepth) forward pass, instead of denoise
-STAGES = (STAGE_LOAD_MODEL, STAGE_LOAD_IMAGE, STAGE_DENOISE, STAGE_PREDICT, STAGE_SAVE)
+STAGES = (STAGE_LOAD_MODEL, STAGE_LOAD_IMAGE, STAGE_DENOISE, STAGE_DECODE, STAGE_PREDICT, STAGE_SAVE)
 
 # --- predict_sequence (video and image sequences, docs/sequences.md) ----------------------------------------------
 PREDICT_SEQUENCE = "predict_sequence"
