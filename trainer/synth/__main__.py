@@ -17,7 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train.txt, val.txt. Re-running skips frames already written.",
     )
     p.add_argument("--out", required=True, help="output folder (created; an existing run in it is resumed)")
-    p.add_argument("--count", type=int, required=True, help="number of frames")
+    p.add_argument("--count", type=int, required=True, help="number of frames (with --sequence: of sequences)")
+    p.add_argument("--sequence", type=int, default=None, metavar="N",
+                   help="render camera-path sequences of N frames through one scene each, with the camera pose of "
+                   "every frame (OUT/SEQ/camera.json; see docs/synthetic_data.md)")
     p.add_argument("--resolution", default="256x192", help="WIDTHxHEIGHT in pixels (default 256x192)")
     p.add_argument("--seed", type=int, default=0, help="run seed; frame i depends only on (seed, i) (default 0)")
     p.add_argument("--start", type=int, default=0,
@@ -29,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated scene kinds to draw from (default {','.join(SCENE_KINDS)})")
     p.add_argument("--mesh-dir", default=None,
                    help="folder of .obj/.ply/.stl/.glb/.gltf meshes to place among the primitives")
-    p.add_argument("--depth-format", choices=DEPTH_FORMATS, default="npy", help="depth file format (default npy)")
+    p.add_argument("--depth-format", choices=DEPTH_FORMATS, default=None,
+                   help="depth file format (default npy; exr with --sequence, which Blender reads as an image sequence)")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="share of frames in val.txt, chosen by a hash of the frame name (default 0.05)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
@@ -46,23 +50,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         width, height = parse_resolution(args.resolution)
         kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-        stats = generate(
-            args.out,
-            args.count,
-            width=width,
-            height=height,
-            seed=args.seed,
-            start=args.start,
-            samples=args.samples,
-            denoise=args.denoise,
-            kinds=kinds,
-            mesh_dir=args.mesh_dir,
-            depth_format=args.depth_format,
-            val_fraction=args.val_fraction,
-            device=args.device,
-            threads=args.threads,
-            progress=not args.no_progress,
-        )
+        if args.sequence is not None:
+            from .sequence import generate_sequences
+
+            stats = generate_sequences(
+                args.out, args.count, args.sequence, width=width, height=height, seed=args.seed, start=args.start,
+                samples=args.samples, denoise=args.denoise, kinds=kinds, mesh_dir=args.mesh_dir,
+                depth_format=args.depth_format or "exr", device=args.device, threads=args.threads,
+                progress=not args.no_progress)
+        else:
+            stats = generate(
+                args.out,
+                args.count,
+                width=width,
+                height=height,
+                seed=args.seed,
+                start=args.start,
+                samples=args.samples,
+                denoise=args.denoise,
+                kinds=kinds,
+                mesh_dir=args.mesh_dir,
+                depth_format=args.depth_format or "npy",
+                val_fraction=args.val_fraction,
+                device=args.device,
+                threads=args.threads,
+                progress=not args.no_progress,
+            )
     except (ValueError, FileNotFoundError, NotADirectoryError, SynthOutputError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

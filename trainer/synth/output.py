@@ -38,7 +38,8 @@ __all__ = [
 DEPTH_FORMATS: tuple[str, ...] = ("npy", "exr")
 MANIFEST = "synth.json"
 #: Settings that change what a frame looks like: a resumed run must use the same ones.
-_FRAME_DEFINING = ("seed", "width", "height", "samples", "denoise", "kinds", "mesh_files", "depth_format", "version")
+_FRAME_DEFINING = ("seed", "width", "height", "samples", "denoise", "kinds", "mesh_files", "depth_format", "version",
+                   "sequence")
 
 
 class SynthOutputError(ValueError):
