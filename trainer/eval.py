@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, action="append", dest="models", metavar="MODEL",
                    help="model folder (MetricGold checkpoint or transformers metric depth model) or Hub id; "
                         "repeat to compare several models on the same images")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=(*DATASETS, "sequence"),
+                   help="sequence: see python -m trainer eval --dataset sequence --help")
     p.add_argument("--data-root", required=True, help="root folder of the evaluation set")
     p.add_argument("--split-file", help="list of test pairs (NYUv2), Eigen split file (KITTI), names (folder)")
     p.add_argument("--gt-root", help="KITTI: root of the ground-truth PNGs (default: --data-root)")
@@ -363,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if "sequence" in argv and argv[argv.index("sequence") - 1] == "--dataset" or "--dataset=sequence" in argv:
+        from trainer.sequence_eval import main as sequence_main  # sequences have their own options
+
+        return sequence_main(argv)
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     for flag in ("steps", "ensemble", "resolution", "max_images"):
         value = getattr(args, flag)
