@@ -1,0 +1,132 @@
+"""Depth sequence -> one Geometry Nodes mesh that follows the timeline (metricgold_blender.sequence_mesh), in real
+bpy 5.0.1: at each frame the evaluated mesh's vertices must be the unprojection of that frame's depth file
+(``metricgold_engine.core.geometry.unproject``, float64), read through Blender's image sequence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+bpy = pytest.importorskip("bpy")
+
+from metricgold_blender import sequence_mesh  # noqa: E402
+from metricgold_blender.mesh_builder import BuildError  # noqa: E402
+from metricgold_engine.core.depth_io import write_depth_exr, write_depth_npy  # noqa: E402
+from metricgold_engine.core.geometry import Intrinsics, unproject  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+W, H = 40, 30
+K = Intrinsics(45.0, 47.0, 19.0, 15.5, W, H)  # off-centre principal point, non-square pixels
+
+
+def _depth(frame: int) -> np.ndarray:
+    """A slanted plane with a bump, different in every frame; frame 2 has a hole (0) and a NaN."""
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    d = 2.0 + 0.3 * frame + 0.02 * u - 0.01 * v + 0.3 * np.exp(-((u - 10 - 5 * frame) ** 2 + (v - 12) ** 2) / 20.0)
+    if frame == 2:
+        d[3:6, 4:9] = 0.0
+        d[20, 30] = np.nan
+    return d.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("seq")
+    (root / "depth").mkdir()
+    (root / "rgb").mkdir()
+    for f in range(3):
+        write_depth_exr(root / "depth" / f"{f + 4:06d}.exr", _depth(f))  # numbered from 4: offsets matter
+        Image.fromarray(np.full((H, W, 3), 60 * f, dtype=np.uint8)).save(root / "rgb" / f"frame_{f + 1:04d}.png")
+    return root
+
+
+@pytest.fixture
+def scene():
+    bpy.ops.wm.read_homefile(use_empty=True)
+    return bpy.context.scene
+
+
+def _evaluated_vertices(obj) -> np.ndarray:
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    ev = obj.evaluated_get(depsgraph)
+    mesh = ev.to_mesh()
+    try:
+        co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+        mesh.vertices.foreach_get("co", co)
+        return co.reshape(-1, 3).astype(np.float64)
+    finally:
+        ev.to_mesh_clear()
+
+
+def _expected(frame: int, stride: int = 1) -> np.ndarray:
+    pts = unproject(_depth(frame).astype(np.float64), K, stride).reshape(-1, 3)
+    return pts[np.isfinite(pts).all(axis=1)]
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_evaluated_mesh_is_the_unprojection_of_each_frame(frames: Path, scene, stride: int) -> None:
+    result = sequence_mesh.build_sequence_mesh(
+        bpy.context, frames / "depth", K, name="seq", texture_path=frames / "rgb" / "frame_0001.png",
+        stride=stride, max_relative_jump=0.0, start_frame=10)
+    assert (result.frame_count, result.frame_start) == (3, 10)
+    assert (scene.frame_start, scene.frame_end) == (10, 12) and scene.camera == result.camera
+    # The mesh lives in the camera's frame: its world matrix is the camera's.
+    assert np.allclose(np.array(result.object.matrix_world), np.array(result.camera.matrix_world))
+    image = result.object.modifiers[0][sequence_mesh._interface_identifier(
+        result.object.modifiers[0].node_group, "Depth")]
+    # Float data (depths above 1 m come back as they are, below) used as is (Non-Color).
+    assert image.source == "SEQUENCE" and image.colorspace_settings.name == "Non-Color"
+    for scene_frame, depth_frame in ((11, 1), (10, 0), (12, 2), (30, 2), (1, 0)):  # the ends hold
+        scene.frame_set(scene_frame)
+        got = _evaluated_vertices(result.object)
+        want = _expected(depth_frame, stride)
+        assert got.shape == want.shape, (scene_frame, got.shape, want.shape)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6, err_msg=f"scene frame {scene_frame}")
+
+
+def test_texture_plays_the_photo_sequence_and_depth_jumps_are_cut(frames: Path, scene) -> None:
+    result = sequence_mesh.build_sequence_mesh(
+        bpy.context, frames / "depth" / "000005.exr", K, name="seq", texture_path=frames / "rgb",
+        max_relative_jump=0.05, start_frame=1)
+    tex = next(n for n in result.object.data.materials[0].node_tree.nodes if n.bl_idname == "ShaderNodeTexImage")
+    assert tex.image.source == "SEQUENCE"
+    user = tex.image_user
+    # Scene frame 1 shows file frame_0001: Blender shows file (frame - frame_start + 1 + offset).
+    assert (user.frame_duration, user.frame_start, user.frame_offset) == (3, 1, 0)
+    scene.frame_set(1)
+    ev = result.object.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    mesh = ev.to_mesh()
+    # The bump changes depth by < 5 % between neighbours: nothing is cut in frame 0 (a full grid's edges).
+    assert len(mesh.edges) == (W - 1) * H + W * (H - 1)
+    ev.to_mesh_clear()
+    scene.frame_set(3)  # frame 2 has a hole: its border edges go (vertices without depth go too)
+    mesh = ev.evaluated_get(bpy.context.evaluated_depsgraph_get()).to_mesh()
+    assert len(mesh.vertices) == W * H - 15 - 1
+    assert len(mesh.polygons) < (W - 1) * (H - 1) - 20
+
+
+def test_bad_input_is_refused_and_leaves_the_scene_as_it_was(frames: Path, scene, tmp_path: Path) -> None:
+    before = {c: len(getattr(bpy.data, c)) for c in ("objects", "meshes", "images", "materials", "collections")}
+    write_depth_npy(tmp_path / "000001.npy", _depth(0))
+    with pytest.raises(BuildError, match="must be float OpenEXR"):
+        sequence_mesh.build_sequence_mesh(bpy.context, tmp_path / "000001.npy", K, name="x")
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    for n in (1, 2, 4):
+        write_depth_exr(gap / f"{n:06d}.exr", _depth(0))
+    with pytest.raises(BuildError, match=r"gaps \(missing numbers \[3\]\)"):
+        sequence_mesh.build_sequence_mesh(bpy.context, gap, K, name="x")
+    with pytest.raises(BuildError, match="different aspect ratios"):
+        sequence_mesh.build_sequence_mesh(bpy.context, frames / "depth", Intrinsics(50, 50, 20, 20, 41, 41), name="x")
+    with pytest.raises(BuildError, match="no such folder or file"):
+        sequence_mesh.build_sequence_mesh(bpy.context, tmp_path / "gap" / "nothing", K, name="x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BuildError, match="no numbered .exr files"):
+        sequence_mesh.build_sequence_mesh(bpy.context, tmp_path / "empty", K, name="x")
+    after = {c: len(getattr(bpy.data, c)) for c in before}
+    assert after == before
