@@ -371,3 +371,106 @@ def build_sequence_mesh(
         outer.remove_all()
         raise
     return SequenceMeshResult(collection, obj, cam_obj, len(gm.vertices), len(files), start)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Camera file and the operator
+
+
+def read_camera_file(path: str | os.PathLike[str]) -> Any:
+    """Intrinsics from a sequence camera file: ``{"width", "height", "intrinsics": {"fx", "fy", "cx", "cy"}}``
+    (``trainer.synth --sequence`` writes ``camera.json`` so) or the same keys at the top level."""
+    import json
+
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+        k = rec.get("intrinsics", rec)
+        return geometry.Intrinsics(float(k["fx"]), float(k["fy"]), float(k["cx"]), float(k["cy"]),
+                                   int(rec.get("width", k.get("width"))), int(rec.get("height", k.get("height"))))
+    except FileNotFoundError:
+        raise BuildError(f"{path}: camera file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BuildError(f"{path}: not a camera file with width, height and fx, fy, cx, cy ({e})") from e
+
+
+def image_file_size(path: str) -> tuple[int, int]:
+    """Width and height of an image file, read through Blender (the datablock is removed again)."""
+    made = Created()
+    image = mesh_builder.load_image(path, made)  # registers the image only if this call loaded it
+    try:
+        return mesh_builder.image_size(image)
+    finally:
+        made.remove_all()
+
+
+def _operator_base() -> tuple[type, ...]:
+    from .operators import GeometryOptions  # the shared camera/stride/jump/material options
+
+    return (GeometryOptions, bpy.types.Operator)
+
+
+class METRICGOLD_OT_depth_sequence_to_mesh(*_operator_base()):  # type: ignore[misc]
+    """One mesh that plays a depth sequence (numbered EXRs) with the timeline, through Geometry Nodes, textured
+    with the photo sequence or movie"""
+
+    bl_idname = "metricgold.depth_sequence_to_mesh"
+    bl_label = "Depth Sequence to Mesh"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Depth Sequence", description="One of the numbered depth EXRs (or their folder)", subtype="FILE_PATH",
+        options={"SKIP_SAVE"})
+    filter_glob: bpy.props.StringProperty(default="*.exr", options={"HIDDEN"})  # type: ignore[valid-type]
+    texture_path: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Photos / Movie", description="One of the numbered photos (or their folder), or a movie file",
+        subtype="FILE_PATH", options={"SKIP_SAVE"})
+    camera_file: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Camera File", description="Optional JSON with width, height, fx, fy, cx, cy (overrides Camera)",
+        subtype="FILE_PATH", options={"SKIP_SAVE"})
+    start_frame: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Start Frame", description="Scene frame that shows the first depth file", default=1)
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if self.filepath:
+            return self.execute(context)
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            depth_path = bpy.path.abspath(self.filepath)
+            texture = bpy.path.abspath(self.texture_path) if self.texture_path else None
+            if self.camera_file:
+                k, source = read_camera_file(bpy.path.abspath(self.camera_file)), "the camera file"
+            else:
+                size_from = texture if texture and not texture.lower().endswith(MOVIE_SUFFIXES) else None
+                first = (numbered_files(size_from, IMAGE_SUFFIXES) if size_from else
+                         numbered_files(depth_path, (".exr",))).paths[0]
+                width, height = image_file_size(first)
+                k, source = self.resolve_intrinsics(width, height, first if size_from else None)
+            result = build_sequence_mesh(
+                context, depth_path, k, name=Path(depth_path.rstrip("/\\")).stem or "depth sequence",
+                texture_path=texture, stride=self.stride,
+                max_relative_jump=self.max_relative_jump if self.cut_discontinuities else None,
+                shading=self.shading, start_frame=self.start_frame, location=tuple(self.location))
+        except (BuildError, ValueError) as e:
+            self.report({"ERROR"}, f"MetricGold: {e}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"MetricGold: {result.object.name}: {result.frame_count} frames from scene frame "
+                    f"{result.frame_start}, {result.vertex_count} vertices, camera from {source}")
+        return {"FINISHED"}
+
+    def draw(self, context: Any) -> None:
+        col = self.layout.column()
+        for prop in ("texture_path", "camera_file", "start_frame", "intrinsics_mode"):
+            col.prop(self, prop)
+        if self.intrinsics_mode == "FOV":
+            col.prop(self, "fov")
+        elif self.intrinsics_mode == "INTRINSICS":
+            for prop in ("fx", "fy", "cx", "cy"):
+                col.prop(self, prop)
+        for prop in ("stride", "cut_discontinuities", "max_relative_jump", "shading"):
+            col.prop(self, prop)
+
+
+classes = (METRICGOLD_OT_depth_sequence_to_mesh,)

@@ -18,6 +18,7 @@ class VIEW3D_MT_metricgold_add(bpy.types.Menu):
         layout.operator("metricgold.image_to_point_cloud", text="Image \u2192 Metric Depth Point Cloud",
                         icon="POINTCLOUD_DATA")
         layout.operator("metricgold.depth_map_to_mesh", text="Depth Map \u2192 Mesh", icon="MESH_GRID")
+        layout.operator("metricgold.depth_sequence_to_mesh", text="Depth Sequence \u2192 Mesh", icon="SEQUENCE")
 
 
 def draw_view3d_add(self: Any, context: Any) -> None:
