@@ -346,7 +346,8 @@ def build_sequence_mesh(
             cam_data.clip_start = 0.01 / unit
             cam_data.clip_end = 1000.0 / unit
             cam_obj = made.add(bpy.data.objects, bpy.data.objects.new(f"{name} camera", cam_data))
-            cam_obj.matrix_world = mesh_builder.camera_matrix_world(tuple(x / unit for x in location))
+            x, y, z = (float(c) / unit for c in location)
+            cam_obj.matrix_world = mesh_builder.camera_matrix_world((x, y, z))
 
             obj = made.add(bpy.data.objects, bpy.data.objects.new(name, mesh))
             obj.matrix_world = cam_obj.matrix_world.copy()  # the grid is in camera space
