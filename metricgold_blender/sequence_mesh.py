@@ -394,6 +394,24 @@ def read_camera_file(path: str | os.PathLike[str]) -> Any:
         raise BuildError(f"{path}: not a camera file with width, height and fx, fy, cx, cy ({e})") from e
 
 
+def depth_files_of_camera_file(path: str | os.PathLike[str]) -> Path:
+    """The first depth file a sequence camera file names (``depth_files``, ``#`` = digits, from ``first_frame``):
+    the engine's ``NAME_camera.json`` (docs/sequences.md) and a synthetic sequence's ``camera.json`` do."""
+    import json
+
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+        pattern, first = str(rec["depth_files"]), int(rec.get("first_frame", 1))
+    except FileNotFoundError:
+        raise BuildError(f"{path}: camera file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BuildError(f"{path}: no depth_files in this camera file ({e})") from e
+    m = re.search(r"#+", pattern)
+    if m is None:
+        raise BuildError(f"{path}: depth_files {pattern!r} has no #### frame number")
+    return Path(path).parent / (pattern[: m.start()] + f"{first:0{len(m.group(0))}d}" + pattern[m.end():])
+
+
 def image_file_size(path: str) -> tuple[int, int]:
     """Width and height of an image file, read through Blender (the datablock is removed again)."""
     made = Created()
@@ -402,6 +420,18 @@ def image_file_size(path: str) -> tuple[int, int]:
         return mesh_builder.image_size(image)
     finally:
         made.remove_all()
+
+
+def sequence_name(depth_path: str) -> str:
+    """``clip`` for ``out/clip_depth_000001.exr`` or a folder ``clip_depth/``; the folder's name otherwise."""
+    p = Path(depth_path.rstrip("/\\"))
+    if p.is_dir():
+        stem = p.name
+    else:
+        m = _NUMBER.match(p.stem)
+        stem = m.group(1) if m else p.stem
+    stem = re.sub(r"[_\-. ]*depth[_\-. ]*$", "", stem).strip("_-. ")
+    return stem or (p.name if p.is_dir() else p.parent.name) or "depth sequence"
 
 
 def _operator_base() -> tuple[type, ...]:
@@ -419,9 +449,9 @@ class METRICGOLD_OT_depth_sequence_to_mesh(*_operator_base()):  # type: ignore[m
     bl_options = {"REGISTER", "UNDO"}
 
     filepath: bpy.props.StringProperty(  # type: ignore[valid-type]
-        name="Depth Sequence", description="One of the numbered depth EXRs (or their folder)", subtype="FILE_PATH",
-        options={"SKIP_SAVE"})
-    filter_glob: bpy.props.StringProperty(default="*.exr", options={"HIDDEN"})  # type: ignore[valid-type]
+        name="Depth Sequence", description="One of the numbered depth EXRs, their folder, or the sequence's camera "
+        "file (NAME_camera.json)", subtype="FILE_PATH", options={"SKIP_SAVE"})
+    filter_glob: bpy.props.StringProperty(default="*.exr;*.json", options={"HIDDEN"})  # type: ignore[valid-type]
     texture_path: bpy.props.StringProperty(  # type: ignore[valid-type]
         name="Photos / Movie", description="One of the numbered photos (or their folder), or a movie file",
         subtype="FILE_PATH", options={"SKIP_SAVE"})
@@ -441,8 +471,12 @@ class METRICGOLD_OT_depth_sequence_to_mesh(*_operator_base()):  # type: ignore[m
         try:
             depth_path = bpy.path.abspath(self.filepath)
             texture = bpy.path.abspath(self.texture_path) if self.texture_path else None
-            if self.camera_file:
-                k, source = read_camera_file(bpy.path.abspath(self.camera_file)), "the camera file"
+            camera_file = bpy.path.abspath(self.camera_file) if self.camera_file else None
+            if depth_path.lower().endswith(".json"):  # a sequence camera file: the depth files it names
+                camera_file = camera_file or depth_path
+                depth_path = str(depth_files_of_camera_file(depth_path))
+            if camera_file:
+                k, source = read_camera_file(camera_file), "the camera file"
             else:
                 size_from = texture if texture and not texture.lower().endswith(MOVIE_SUFFIXES) else None
                 first = (numbered_files(size_from, IMAGE_SUFFIXES) if size_from else
@@ -450,7 +484,7 @@ class METRICGOLD_OT_depth_sequence_to_mesh(*_operator_base()):  # type: ignore[m
                 width, height = image_file_size(first)
                 k, source = self.resolve_intrinsics(width, height, first if size_from else None)
             result = build_sequence_mesh(
-                context, depth_path, k, name=Path(depth_path.rstrip("/\\")).stem or "depth sequence",
+                context, depth_path, k, name=sequence_name(depth_path),
                 texture_path=texture, stride=self.stride,
                 max_relative_jump=self.max_relative_jump if self.cut_discontinuities else None,
                 shading=self.shading, start_frame=self.start_frame, location=tuple(self.location))

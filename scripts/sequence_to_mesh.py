@@ -6,8 +6,9 @@
         [--start-frame N]
 
 or the same with ``python scripts/sequence_to_mesh.py ...`` where ``bpy`` (Blender as a Python module) is installed.
-DEPTH is the folder of numbered depth EXRs (``predict clip.mp4 --format exr``, ``trainer.synth --sequence``) or one
-of them. The camera comes from ``--camera-file`` (``{"width", "height", "intrinsics": {"fx", "fy", "cx", "cy"}}``,
+DEPTH is the folder of numbered depth EXRs (``predict clip.mp4``, ``trainer.synth --sequence``), one of them, or the
+sequence's camera file (``NAME_camera.json`` of ``predict``, ``camera.json`` of a synthetic sequence), which names
+the depth files and gives the camera. The camera comes from ``--camera-file`` (``{"width", "height", "intrinsics": {"fx", "fy", "cx", "cy"}}``,
 e.g. a synthetic sequence's ``camera.json``), else ``--intrinsics`` / ``--fov`` in pixels of the photos (or of the
 depth without photos), else a 55 degree horizontal field of view. Prints one line: the object, frames, vertices.
 """
@@ -26,7 +27,8 @@ if str(REPO_ROOT) not in sys.path:  # a repository script: the add-on and engine
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sequence_to_mesh.py",
                                 description="A depth EXR sequence to one timeline-driven mesh in a .blend file.")
-    p.add_argument("depth", type=Path, help="folder of numbered depth EXRs, or one of them")
+    p.add_argument("depth", type=Path,
+                   help="folder of numbered depth EXRs, one of them, or the sequence's NAME_camera.json")
     p.add_argument("--out", required=True, type=Path, help="the .blend file to write")
     p.add_argument("--texture", type=Path, help="numbered photos (folder or one of them) or a movie file")
     cam = p.add_mutually_exclusive_group()
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> str:
 
     bpy.ops.wm.read_homefile(use_empty=True)
     texture = str(args.texture) if args.texture else None
+    if args.depth.suffix.lower() == ".json":  # a sequence camera file: its intrinsics and the depth files it names
+        args.camera_file = args.camera_file or args.depth
+        args.depth = sequence_mesh.depth_files_of_camera_file(args.depth)
     if args.camera_file:
         k = sequence_mesh.read_camera_file(args.camera_file)
     else:
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> str:
         width, height = sequence_mesh.image_file_size(first)
         k, _ = geometry.resolve_intrinsics(width, height, intrinsics=args.intrinsics, fov_deg=args.fov)
     result = sequence_mesh.build_sequence_mesh(
-        bpy.context, args.depth, k, name=args.depth.stem if args.depth.is_dir() else args.depth.parent.name,
+        bpy.context, args.depth, k, name=sequence_mesh.sequence_name(str(args.depth)),
         texture_path=texture, stride=args.stride, max_relative_jump=args.max_jump or None, shading=args.shading,
         start_frame=args.start_frame)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -174,15 +174,24 @@ for frame in (1, 2):
 def test_headless_script_writes_a_blend_that_plays_the_sequence(frames: Path, tmp_path: Path) -> None:
     import json
 
-    camera = tmp_path / "camera.json"
-    camera.write_text(json.dumps({"width": W, "height": H, "intrinsics": K.as_json()}))
+    # The engine's sequence output (docs/sequences.md): flat NAME_depth_######.exr from 1 and NAME_camera.json,
+    # beside files of other formats that must not be taken for depth.
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for f in range(3):
+        write_depth_exr(out_dir / f"clip_depth_{f + 1:06d}.exr", _depth(f))
+        write_depth_npy(out_dir / f"clip_uncertainty_{f + 1:06d}.npy", _depth(f))
+        Image.fromarray(np.zeros((H, W), dtype=np.uint16)).save(out_dir / f"clip_depth16_{f + 1:06d}.png")
+    (out_dir / "clip_camera.json").write_text(json.dumps(
+        {**K.as_json(), "width": W, "height": H, "fps": 24.0, "frame_count": 3, "first_frame": 1,
+         "depth_files": "clip_depth_######.exr"}))
     out = tmp_path / "seq.blend"
     run = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "sequence_to_mesh.py"), str(frames / "depth"), "--out", str(out),
-         "--texture", str(frames / "rgb"), "--camera-file", str(camera), "--max-jump", "0"],
+        [sys.executable, str(REPO_ROOT / "scripts" / "sequence_to_mesh.py"), str(out_dir / "clip_camera.json"),
+         "--out", str(out), "--texture", str(frames / "rgb"), "--max-jump", "0"],
         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "3 frames (scene frames 1-3)" in run.stdout and f"{W * H} vertices" in run.stdout
+    assert "clip: 3 frames (scene frames 1-3)" in run.stdout and f"{W * H} vertices" in run.stdout
     subprocess.run([sys.executable, "-c", DUMP, str(out), str(tmp_path / "v")], check=True, timeout=300)
     for frame in (1, 2):  # reopened from the file, in a fresh Blender: the sequence still plays
         got = np.load(tmp_path / f"v_{frame}.npy").astype(np.float64)
@@ -190,3 +199,8 @@ def test_headless_script_writes_a_blend_that_plays_the_sequence(frames: Path, tm
     bad = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "sequence_to_mesh.py"), str(tmp_path / "nope"),
                           "--out", str(tmp_path / "x.blend")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "no such folder or file" in bad.stderr and not (tmp_path / "x.blend").exists()
+
+
+def test_sequence_name() -> None:
+    assert sequence_mesh.sequence_name("/o/clip_depth_000001.exr") == "clip"
+    assert sequence_mesh.sequence_name("/o/000003/depth/000001.exr") == "depth"

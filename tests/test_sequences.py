@@ -82,17 +82,19 @@ def test_sequence_files_and_resume(sequences: Path, tmp_path: Path) -> None:
     shutil.copytree(sequences, out)
     for seq in ("000000", "000001"):
         k, names, poses = read_sequence_camera(out / seq / "camera.json")
-        assert names == ["000000", "000001", "000002"] and (k.width, k.height) == (W, H)
+        assert names == ["000001", "000002", "000003"] and (k.width, k.height) == (W, H)  # numbered from 1
         assert json.loads((out / seq / "intrinsics/000001.json").read_text()) == k.as_json()
+        rec = json.loads((out / seq / "camera.json").read_text())  # the engine's NAME_camera.json fields
+        assert (rec["frame_count"], rec["first_frame"], rec["depth_files"]) == (3, 1, "depth/######.exr")
         for n in names:
             assert read_depth(out / seq / "depth" / f"{n}.exr").shape == (H, W)
         assert not np.allclose(poses[0], poses[2])  # the camera moved
-    depth = (out / "000001/depth/000001.exr").read_bytes()
-    (out / "000001/rgb/000001.png").unlink()
+    depth = (out / "000001/depth/000002.exr").read_bytes()
+    (out / "000001/rgb/000002.png").unlink()
     stats = generate_sequences(out, 2, 3, width=W, height=H, seed=2, samples=2, denoise="off", device="cpu",
                                progress=False)
     assert (stats.rendered, stats.skipped) == (1, 5)
-    assert (out / "000001/depth/000001.exr").read_bytes() == depth  # re-rendered identically
+    assert (out / "000001/depth/000002.exr").read_bytes() == depth  # re-rendered identically
     with pytest.raises(ValueError, match="sequence: folder has 3, this run 4"):
         generate_sequences(out, 2, 4, width=W, height=H, seed=2, samples=2, denoise="off", device="cpu",
                            progress=False)
@@ -129,7 +131,7 @@ def test_eval_sequence_cli(sequences: Path, tmp_path: Path, capsys: pytest.Captu
     pred = tmp_path / "pred"
     for seq in ("000000", "000001"):
         (pred / seq).mkdir(parents=True)
-        for n, f in (("000000", 1.0), ("000001", 1.1), ("000002", 1.0)):
+        for n, f in (("000001", 1.0), ("000002", 1.1), ("000003", 1.0)):
             gt = read_depth(sequences / seq / "depth" / f"{n}.exr")
             write_depth_npy(pred / seq / f"{n}.npy", np.where(gt > 0, gt * f, 50.0).astype(np.float32))
     assert main(["--dataset", "sequence", "--data-root", str(sequences), "--predictions", str(pred),
@@ -138,8 +140,31 @@ def test_eval_sequence_cli(sequences: Path, tmp_path: Path, capsys: pytest.Captu
     assert r["temporal"]["flicker"] == pytest.approx(math.log(1.1), abs=3e-3)
     assert r["temporal"]["temporal_error"] > 0.05
 
+    # The engine's sequence output (docs/sequences.md): NAME_camera.json + NAME_depth_######.exr numbered from 1,
+    # in PRED/SEQ/ (any NAME) or flat in PRED/ with NAME = the sequence (here .npy only, beside the EXR pattern).
+    from metricgold_engine.core.depth_io import write_depth_exr
+
+    engine = tmp_path / "engine"
+    (engine / "000000").mkdir(parents=True)
+    for seq, folder, name in (("000000", engine / "000000", "rgb"), ("000001", engine, "000001")):
+        (folder / f"{name}_camera.json").write_text(json.dumps(
+            {"fx": 1.0, "fy": 1.0, "cx": 0.0, "cy": 0.0, "width": W, "height": H, "frame_count": 3,
+             "first_frame": 1, "depth_files": f"{name}_depth_######.exr"}))
+        for k, f in ((1, 1.0), (2, 1.0), (3, 1.2)):
+            gt = read_depth(sequences / seq / "depth" / f"{k:06d}.exr")
+            d = np.where(gt > 0, gt * f, 50.0).astype(np.float32)
+            if seq == "000000":
+                write_depth_exr(folder / f"{name}_depth_{k:06d}.exr", d)
+            else:
+                write_depth_npy(folder / f"{name}_depth_{k:06d}.npy", d)
+    assert main(["--dataset", "sequence", "--data-root", str(sequences), "--predictions", str(engine),
+                 "--out", str(tmp_path / "engine_out"), "--no-progress"]) == 0
+    r = json.loads((tmp_path / "engine_out/metrics.json").read_text())
+    for row in r["per_sequence"]:  # pair 1-2 perfect, pair 2-3 flickers by log 1.2
+        assert [p["flicker"] for p in row["pairs"]] == pytest.approx([0.0, math.log(1.2)], abs=3e-3)
+
     # A missing prediction is named.
-    (pred / "000001/000002.npy").unlink()
+    (pred / "000001/000003.npy").unlink()
     assert main(["--dataset", "sequence", "--data-root", str(sequences), "--predictions", str(pred),
                  "--no-progress"]) == 1
-    assert "sequence 000001 frame 000002" in capsys.readouterr().err
+    assert "sequence 000001 frame 000003" in capsys.readouterr().err

@@ -3,8 +3,8 @@
 The data are camera-path sequences with exact depth and poses (``python -m trainer.synth --sequence N``; layout in
 :mod:`trainer.synth.sequence`): ``--data-root`` is one sequence folder (it holds ``camera.json``) or a folder of them.
 Predictions come from a checkpoint (``--model DIR``, frame by frame with the same seed) or from depth files written
-beforehand (``--predictions DIR``, e.g. by ``predict`` on the sequence's ``rgb/`` folder, with or without
-stabilisation), found as ``DIR/[SEQ/][depth/]FRAME.exr|.npy|.png``.
+beforehand (``--predictions DIR``, e.g. by ``predict`` on each sequence's ``rgb/`` folder into ``DIR/SEQ/``, with or
+without stabilisation; see :func:`predictions_from_folder`).
 
 Reported: the usual metrics per frame (scored as predicted, averaged over frames), and per consecutive frame pair the
 temporal error and flicker of :mod:`trainer.temporal`, averaged over pairs. See docs/evaluation.md.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -96,14 +97,54 @@ def load_sequence(folder: str | Path) -> SequenceData:
     return SequenceData(folder.name, folder, k, frames, poses)
 
 
+def _engine_sequence_files(base: Path, seq_name: str, n_frames: int, any_name: bool) -> list[Path] | None:
+    """The depth files of an engine sequence run in ``base`` (docs/sequences.md): ``NAME_camera.json`` names them by
+    ``depth_files`` (``NAME_depth_######.exr``, numbered from ``first_frame``); the k-th ground-truth frame goes with
+    the k-th file. ``NAME`` is the sequence's name, or (``any_name``) any when ``base`` holds one camera file.
+    None: no such run."""
+    if (base / f"{seq_name}_camera.json").is_file():
+        cams = [base / f"{seq_name}_camera.json"]
+    else:
+        cams = sorted(base.glob("*_camera.json")) if any_name and base.is_dir() else []
+    if len(cams) != 1:
+        return None
+    try:
+        rec = json.loads(cams[0].read_text(encoding="utf-8"))
+        pattern, first = str(rec["depth_files"]), int(rec.get("first_frame", 1))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{cams[0]}: not a sequence camera file with depth_files ({e})") from e
+    m = re.search(r"#+", pattern)
+    if m is None:
+        raise ValueError(f"{cams[0]}: depth_files {pattern!r} has no ###### frame number")
+    files = []
+    for k in range(first, first + n_frames):
+        name = pattern[: m.start()] + f"{k:0{len(m.group(0))}d}" + pattern[m.end():]
+        exr = base / name
+        # The pattern names the EXR; a run with --formats npy only has the .npy beside where it would be.
+        files.append(exr if exr.is_file() or not exr.with_suffix(".npy").is_file() else exr.with_suffix(".npy"))
+    return files
+
+
 def predictions_from_folder(pred_root: str | Path, single: bool) -> Callable[[SequenceData], list[np.ndarray]]:
-    """Depth files written beforehand: ``PRED/[SEQ/][depth/]FRAME.ext`` (``SEQ/`` may be left out for one sequence)."""
+    """Depth files written beforehand, per sequence in ``PRED/SEQ/`` (or ``PRED/`` itself for one sequence): an
+    engine sequence run (``NAME_camera.json`` + ``NAME_depth_######.exr``, matched to the frames in order), or files
+    named like the frames, ``[depth/]FRAME.exr|.npy|.png``."""
+    from metricgold_engine.core.depth_io import read_depth
+
     pred_root = Path(pred_root)
 
     def load(seq: SequenceData) -> list[np.ndarray]:
-        bases = [pred_root / seq.name, pred_root / seq.name / "depth"]
-        if single:
-            bases += [pred_root, pred_root / "depth"]
+        bases = [pred_root / seq.name] + ([pred_root] if single else [])
+        # PRED/SEQ/ (any NAME), PRED/ for one sequence (any NAME), PRED/SEQ_camera.json (a flat run per sequence).
+        for base, any_name in [(b, True) for b in bases] + [(pred_root, False)]:
+            files = _engine_sequence_files(base, seq.name, len(seq.frames), any_name) if base.is_dir() else None
+            if files is not None:
+                missing = [str(f) for f in files if not f.is_file()]
+                if missing:
+                    raise FileNotFoundError(f"--predictions {pred_root}: sequence {seq.name} has {len(seq.frames)} "
+                                            f"frames but {missing[0]} is missing")
+                return [read_depth(f) for f in files]
+        bases = [b for base in bases for b in (base, base / "depth")]
         out = []
         for frame in seq.frames:
             for base in bases:
@@ -213,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="a sequence folder (camera.json) or a folder of them")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint folder: predict every frame (same seed for every frame)")
-    src.add_argument("--predictions", help="folder of predicted depth files: [SEQ/][depth/]FRAME.exr|.npy|.png")
+    src.add_argument("--predictions", help="folder of predicted depth: per sequence DIR/SEQ/ (DIR/ for one sequence) holding an engine "
+                     "sequence run (NAME_camera.json, NAME_depth_######.exr) or [depth/]FRAME.exr|.npy|.png")
     p.add_argument("--steps", type=int, help="denoising steps (default: the checkpoint's)")
     p.add_argument("--ensemble", type=int, help="ensemble size (default: the checkpoint's)")
     p.add_argument("--resolution", type=int, help="processing resolution (default: the checkpoint's)")

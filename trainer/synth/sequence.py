@@ -15,11 +15,14 @@ Layout (each sequence folder is also a plain folder, so ``eval --dataset folder`
     OUT/SEQ/depth/FFFFFF.exr|.npy  planar depth in metres, float32, 0 = sky
     OUT/SEQ/intrinsics/FFFFFF.json {"fx", "fy", "cx", "cy"}
 
-``SEQ`` and ``FFFFFF`` are six-digit indices from 0. ``camera.json``::
+``SEQ`` is the six-digit sequence index from 0; ``FFFFFF`` the six-digit frame number from 1 (as the engine numbers
+a sequence's depth files, docs/sequences.md). ``camera.json`` has the fields of the engine's ``NAME_camera.json``
+and the poses::
 
-    {"format": "metricgold-sequence-camera", "version": 1, "width": W, "height": H,
-     "intrinsics": {"fx", "fy", "cx", "cy"},            OpenCV convention, pixels, the same for every frame
-     "frames": [{"name": "000000", "camera_to_world": 4x4 row-major}, ...],
+    {"format": "metricgold-sequence-camera", "version": 1,
+     "fx", "fy", "cx", "cy", "width", "height",          OpenCV convention, pixels, the same for every frame
+     "fps": null, "frame_count": N, "first_frame": 1, "depth_files": "depth/######.exr",
+     "frames": [{"name": "000001", "camera_to_world": 4x4 row-major}, ...],
      "convention": "..."}
 
 ``camera_to_world`` is the Blender camera object's ``matrix_world``: it maps a point in Blender camera space (the
@@ -152,16 +155,23 @@ def sample_camera_path(spec: SceneSpec, seed: int, index: int, n_frames: int, ma
     return path.scaled(0.0)  # the scene's own camera is in free space (the sampler guarantees it)
 
 
-def sequence_camera_record(k: Intrinsics, poses: list[np.ndarray], names: list[str],
+def sequence_camera_record(k: Intrinsics, poses: list[np.ndarray], names: list[str], depth_format: str = "exr",
                            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The camera file of a rendered sequence: the fields of the engine's ``NAME_camera.json`` (docs/sequences.md)
+    plus ``frames``, the true pose of every frame."""
     if len(poses) != len(names):
         raise ValueError(f"{len(poses)} poses for {len(names)} frames")
     record: dict[str, Any] = {
         "format": CAMERA_FORMAT,
         "version": 1,
+        **k.as_json(),
         "width": int(k.width),
         "height": int(k.height),
-        "intrinsics": k.as_json(),
+        "focal_source": "synthetic",
+        "fps": None,
+        "frame_count": len(names),
+        "first_frame": int(names[0]) if names else 1,
+        "depth_files": f"depth/{'#' * 6}.{depth_format}",
         "convention": CONVENTION,
         "frames": [{"name": n, "camera_to_world": [[float(x) for x in row] for row in p]} for n, p in zip(names, poses)],
     }
@@ -190,8 +200,7 @@ def read_sequence_camera(path: str | os.PathLike[str]) -> tuple[Intrinsics, list
     try:
         if rec.get("format") != CAMERA_FORMAT:
             raise ValueError(f"format is {rec.get('format')!r}, expected {CAMERA_FORMAT!r}")
-        ki = rec["intrinsics"]
-        k = Intrinsics(float(ki["fx"]), float(ki["fy"]), float(ki["cx"]), float(ki["cy"]),
+        k = Intrinsics(float(rec["fx"]), float(rec["fy"]), float(rec["cx"]), float(rec["cy"]),
                        int(rec["width"]), int(rec["height"]))
         names, poses = [], []
         for i, fr in enumerate(rec["frames"]):
@@ -205,9 +214,15 @@ def read_sequence_camera(path: str | os.PathLike[str]) -> tuple[Intrinsics, list
     return k, names, poses
 
 
+def sequence_frame_name(j: int) -> str:
+    """File name of frame ``j`` (0-based index) of a sequence: numbered from 1 like the engine's sequence output
+    (docs/sequences.md) and Blender's default start frame."""
+    return frame_name(j + 1)
+
+
 def sequence_done(seq_dir: Path, n_frames: int, depth_format: str) -> bool:
     return (seq_dir / CAMERA_FILE).is_file() and all(
-        frame_done(seq_dir, frame_name(j), depth_format) for j in range(n_frames))
+        frame_done(seq_dir, sequence_frame_name(j), depth_format) for j in range(n_frames))
 
 
 def render_sequence_to_files(
@@ -227,14 +242,14 @@ def render_sequence_to_files(
 
     import mathutils  # type: ignore[import-not-found]
 
-    todo = [j for j in range(len(poses)) if not frame_done(seq_dir, frame_name(j), depth_format)]
+    todo = [j for j in range(len(poses)) if not frame_done(seq_dir, sequence_frame_name(j), depth_format)]
     if not todo:
         return 0
     scene = blender_scene.build_scene(spec, settings, device_type)
     k = camera_intrinsics(spec, settings.width, settings.height)
     cam = scene.camera
     for j in todo:
-        paths = frame_paths(seq_dir, frame_name(j), depth_format)
+        paths = frame_paths(seq_dir, sequence_frame_name(j), depth_format)
         for p in paths.values():
             p.parent.mkdir(parents=True, exist_ok=True)
         cam.matrix_world = mathutils.Matrix([list(row) for row in poses[j]])
@@ -309,7 +324,7 @@ def generate_sequences(
         "denoise": denoise, "kinds": list(kinds), "mesh_files": [str(Path(m).resolve()) for m in mesh_files],
         "depth_format": depth_format, "sequence": n_frames, "count": start + count,
     })
-    names = {frame_name(j) for j in range(n_frames)}
+    names = {sequence_frame_name(j) for j in range(n_frames)}
     device_type = blender_scene.select_device(device)
     stop = threading.Event()
     on_main_thread = threading.current_thread() is threading.main_thread()
@@ -330,7 +345,7 @@ def generate_sequences(
             k = camera_intrinsics(spec, width, height)
             # The camera file holds only what the sampler decided, so it is written first and identically on resume.
             write_sequence_camera(seq_dir / CAMERA_FILE, sequence_camera_record(
-                k, poses, [frame_name(j) for j in range(n_frames)],
+                k, poses, [sequence_frame_name(j) for j in range(n_frames)], depth_format=depth_format,
                 extra={"scene": {"kind": spec.kind, "seed": seed, "index": i}}))
             n = render_sequence_to_files(spec, poses, seq_dir, settings, device_type, depth_format)
             rendered += n
