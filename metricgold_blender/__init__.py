@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import bpy
 
-from . import jobs, operators, preferences, sequence_mesh, ui
+from . import jobs, operators, preferences, sequence_mesh, sequence_predict, ui
 
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(
-    (*preferences.classes, *operators.classes, *sequence_mesh.classes, *ui.classes)
+    (*preferences.classes, *operators.classes, *sequence_mesh.classes, *sequence_predict.classes, *ui.classes)
 )
 
 

@@ -18,6 +18,8 @@ class VIEW3D_MT_metricgold_add(bpy.types.Menu):
         layout.operator("metricgold.image_to_point_cloud", text="Image \u2192 Metric Depth Point Cloud",
                         icon="POINTCLOUD_DATA")
         layout.operator("metricgold.depth_map_to_mesh", text="Depth Map \u2192 Mesh", icon="MESH_GRID")
+        layout.operator("metricgold.sequence_to_depth_mesh", text="Image Sequence / Movie \u2192 Metric Depth Mesh",
+                        icon="FILE_MOVIE")
         layout.operator("metricgold.depth_sequence_to_mesh", text="Depth Sequence \u2192 Mesh", icon="SEQUENCE")
 
 

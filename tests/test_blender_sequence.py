@@ -204,3 +204,64 @@ def test_headless_script_writes_a_blend_that_plays_the_sequence(frames: Path, tm
 def test_sequence_name() -> None:
     assert sequence_mesh.sequence_name("/o/clip_depth_000001.exr") == "clip"
     assert sequence_mesh.sequence_name("/o/000003/depth/000001.exr") == "depth"
+
+
+class _FakeSequenceClient:
+    """Stands in for the worker's predict_sequence (docs/sequences.md): writes NAME_depth_######.exr numbered from 1
+    and NAME_camera.json, with progress per frame; the real worker is tested on the engine's side."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+        self.fail = fail
+
+    def predict_sequence(self, source, out_dir, *, on_progress=None, cancel=None, **options):
+        import json
+        from types import SimpleNamespace
+
+        self.calls.append((str(source), str(out_dir), options))
+        if self.fail:
+            raise ValueError(f"{source}: frame 2 is 10 x 10, the first frame 40 x 30")
+        out = Path(out_dir)
+        for f in range(3):
+            write_depth_exr(out / f"rgb_depth_{f + 1:06d}.exr", _depth(f))
+            if on_progress:
+                on_progress(SimpleNamespace(stage="frame", step=f + 1, total=3))
+        camera = out / "rgb_camera.json"
+        camera.write_text(json.dumps({**K.as_json(), "width": W, "height": H, "frame_count": 3, "first_frame": 1,
+                                      "depth_files": "rgb_depth_######.exr"}))
+        return {"camera_path": str(camera), "frame_count": 3, "written": 3, "skipped": 0}
+
+
+def test_image_sequence_operator_predicts_through_the_worker_then_builds(frames: Path, scene, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from metricgold_blender import jobs, sequence_predict
+    from metricgold_blender.preferences import Settings
+
+    fake = _FakeSequenceClient()
+    monkeypatch.setattr(jobs, "shared_client", lambda python, model, device: fake)
+    monkeypatch.setattr(sequence_predict, "get_settings", lambda context: Settings(python_executable=sys.executable))
+    cls = sequence_predict.METRICGOLD_OT_sequence_to_depth_mesh
+    bpy.utils.register_class(cls)
+    try:
+        assert bpy.ops.metricgold.sequence_to_depth_mesh(
+            filepath=str(frames / "rgb" / "frame_0002.png"), depth_dir=str(tmp_path / "d"), temporal_strength=0.5,
+            cut_discontinuities=False, synchronous=True) == {"FINISHED"}
+        source, out_dir, options = fake.calls[0]
+        assert source == str(frames / "rgb") and out_dir == str(tmp_path / "d")  # the picked image's folder
+        assert options["denoise_strength"] == 0.5 and "smoothing_alpha" not in options
+        obj = next(o for o in scene.objects if o.type == "MESH")
+        assert obj.name == "rgb"
+        tex = next(n for n in obj.data.materials[0].node_tree.nodes if n.bl_idname == "ShaderNodeTexImage")
+        assert tex.image.source == "SEQUENCE" and tex.image_user.frame_duration == 3
+        for frame in (1, 3):
+            scene.frame_set(frame)
+            np.testing.assert_allclose(_evaluated_vertices(obj), _expected(frame - 1), rtol=2e-6, atol=1e-6)
+        # A failing worker: one clear error, nothing added to the scene.
+        monkeypatch.setattr(jobs, "shared_client", lambda python, model, device: _FakeSequenceClient(fail=True))
+        n_objects = len(bpy.data.objects)
+        with pytest.raises(RuntimeError, match="frame 2 is 10 x 10"):
+            bpy.ops.metricgold.sequence_to_depth_mesh(filepath=str(frames / "rgb"), depth_dir=str(tmp_path / "e"),
+                                                      synchronous=True)
+        assert len(bpy.data.objects) == n_objects
+    finally:
+        bpy.utils.unregister_class(cls)
