@@ -98,6 +98,13 @@ def test_texture_plays_the_photo_sequence_and_depth_jumps_are_cut(frames: Path, 
     user = tex.image_user
     # Scene frame 1 shows file frame_0001: Blender shows file (frame - frame_start + 1 + offset).
     assert (user.frame_duration, user.frame_start, user.frame_offset) == (3, 1, 0)
+    # What the evaluated material shows at each scene frame (Blender sets the evaluated copy's image user).
+    mat = result.object.data.materials[0]
+    for scene_frame, file in ((1, "frame_0001.png"), (2, "frame_0002.png"), (3, "frame_0003.png"), (9, "frame_0003.png")):
+        scene.frame_set(scene_frame)
+        ev_tex = next(n for n in mat.evaluated_get(bpy.context.evaluated_depsgraph_get()).node_tree.nodes
+                      if n.bl_idname == "ShaderNodeTexImage")
+        assert Path(ev_tex.image.filepath_from_user(image_user=ev_tex.image_user)).name == file, scene_frame
     scene.frame_set(1)
     ev = result.object.evaluated_get(bpy.context.evaluated_depsgraph_get())
     mesh = ev.to_mesh()
