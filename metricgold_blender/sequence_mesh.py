@@ -228,10 +228,36 @@ def sequence_node_group(created: Created) -> Any:
 # Images
 
 
+def _existing_sequence(path: str, source: str) -> Any | None:
+    """An image datablock already playing ``path`` as ``source`` (a second mesh of the same sequence shares it)."""
+    target = os.path.normcase(os.path.abspath(path))
+    for image in bpy.data.images:
+        if image.source == source and image.filepath and os.path.normcase(
+                os.path.abspath(bpy.path.abspath(image.filepath))) == target:
+            return image
+    return None
+
+
+def _load_fresh(path: str, created: Created) -> Any:
+    """A new image datablock for ``path`` (not one already in the file, whose source may have been changed)."""
+    try:
+        image: Any = bpy.data.images.load(path, check_existing=False)
+    except RuntimeError as e:
+        raise BuildError(f"{path}: Blender cannot read this image ({e})") from e
+    created.add(bpy.data.images, image)
+    if image.size[0] == 0 or image.size[1] == 0:
+        raise BuildError(f"{path}: Blender cannot read this image (no pixels)")
+    return image
+
+
 def load_depth_sequence(files: NumberedFiles, created: Created) -> tuple[Any, int, int]:
     """The depth files as one Image datablock of source SEQUENCE, float and Non-Color; and its width, height."""
     first = files.paths[0]
-    image = mesh_builder.load_image(first, created)
+    image = _existing_sequence(first, "SEQUENCE")
+    if image is not None and image.colorspace_settings.is_data:
+        w, h = image_file_size(first)
+        return image, w, h
+    image = _load_fresh(first, created)
     # Asked before the source changes, which unloads the pixels (size 0 until a frame is shown).
     if not image.is_float:
         raise BuildError(f"{first}: Blender did not load this EXR as float data")
@@ -246,14 +272,14 @@ def load_texture(path: str, created: Created) -> tuple[Any, int, int]:
     """The photo sequence (any numbered image) or movie as an Image datablock; returns it, the number of frames
     and the number of the first file (1 for a movie: its first frame)."""
     if path.lower().endswith(MOVIE_SUFFIXES):
-        image = mesh_builder.load_image(path, created)
+        image = _existing_sequence(path, "MOVIE") or _load_fresh(path, created)
         image.source = "MOVIE"
         frames = int(image.frame_duration)
         if frames <= 0:
             raise BuildError(f"{path}: Blender cannot read frames from this movie")
         return image, frames, 1
     files = numbered_files(path, IMAGE_SUFFIXES)
-    image = mesh_builder.load_image(files.paths[0], created)
+    image = _existing_sequence(files.paths[0], "SEQUENCE") or _load_fresh(files.paths[0], created)
     image.source = "SEQUENCE"
     return image, len(files), files.first
 
@@ -415,7 +441,7 @@ def depth_files_of_camera_file(path: str | os.PathLike[str]) -> Path:
 def image_file_size(path: str) -> tuple[int, int]:
     """Width and height of an image file, read through Blender (the datablock is removed again)."""
     made = Created()
-    image = mesh_builder.load_image(path, made)  # registers the image only if this call loaded it
+    image = _load_fresh(path, made)
     try:
         return mesh_builder.image_size(image)
     finally:

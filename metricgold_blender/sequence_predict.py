@@ -78,8 +78,10 @@ class SequenceTask:
     """One sequence through the worker and into the scene; :meth:`step` is called until it leaves RUNNING_MODAL."""
 
     def __init__(self, *, source: str, texture: str, out_dir: str, settings: Settings, options: dict[str, Any],
-                 build: dict[str, Any], report: Report) -> None:
+                 build: dict[str, Any], report: Report,
+                 intrinsics: Callable[[int, int], Any] | None = None) -> None:
         self.texture, self.build, self.report, self.settings = texture, build, report, settings
+        self.intrinsics = intrinsics  # the user's own intrinsics for the frames' size, instead of the worker's
         self.job = SequenceJob(lambda: jobs.shared_client(settings.python, settings.model, settings.device),
                                source, out_dir, options)
         self.result: sequence_mesh.SequenceMeshResult | None = None
@@ -102,6 +104,8 @@ class SequenceTask:
         try:
             camera_path = job.result["camera_path"]
             k = sequence_mesh.read_camera_file(camera_path)
+            if self.intrinsics is not None:
+                k = self.intrinsics(k.width, k.height)
             depth = sequence_mesh.depth_files_of_camera_file(camera_path)
             self.result = sequence_mesh.build_sequence_mesh(
                 context, depth, k, name=sequence_mesh.sequence_name(str(depth)), texture_path=self.texture,
@@ -175,14 +179,16 @@ class METRICGOLD_OT_sequence_to_depth_mesh(GeometryOptions, bpy.types.Operator):
             options["denoise_strength"] = self.temporal_strength
         if self.smoothing < 1.0:
             options["smoothing_alpha"] = self.smoothing
-        if self.intrinsics_mode == "FOV":
-            import math
-
-            options["fov_deg"] = math.degrees(self.fov)
+        if self.intrinsics_mode == "FOV":  # the worker uses it (depth of focal-aware models, its camera file)
+            options.update(self.camera_hint(0))
+        # Typed intrinsics are in pixels of the frames: the mesh uses them as typed.
+        own: Callable[[int, int], Any] | None = (lambda w, h: self.resolve_intrinsics(w, h, None)[0]) if (
+            self.intrinsics_mode == "INTRINSICS") else None
         build = dict(stride=self.stride, max_relative_jump=self.max_relative_jump if self.cut_discontinuities
                      else None, shading=self.shading, start_frame=self.start_frame)
         self._task = SequenceTask(source=source, texture=source, out_dir=out_dir, settings=s, options=options,
-                                  build=build, report=self.report)  # type: ignore[arg-type]
+                                  build=build, report=self.report,  # type: ignore[arg-type]
+                                  intrinsics=own)
         self._task.job.start()
         if self.synchronous or not has_ui(context):
             try:

@@ -263,6 +263,15 @@ def test_image_sequence_operator_predicts_through_the_worker_then_builds(frames:
         for frame in (1, 3):
             scene.frame_set(frame)
             np.testing.assert_allclose(_evaluated_vertices(obj), _expected(frame - 1), rtol=2e-6, atol=1e-6)
+        # Typed intrinsics (pixels of the frames) replace the worker's camera for the mesh.
+        assert bpy.ops.metricgold.sequence_to_depth_mesh(
+            filepath=str(frames / "rgb"), depth_dir=str(tmp_path / "d2"), intrinsics_mode="INTRINSICS", fx=60.0,
+            fy=60.0, cx=20.0, cy=14.0, cut_discontinuities=False, synchronous=True) == {"FINISHED"}
+        obj2 = next(o for o in scene.objects if o.type == "MESH" and o != obj)
+        scene.frame_set(2)
+        want = unproject(_depth(1).astype(np.float64), Intrinsics(60.0, 60.0, 20.0, 14.0, W, H)).reshape(-1, 3)
+        np.testing.assert_allclose(_evaluated_vertices(obj2), want, rtol=2e-6, atol=1e-6)
+        assert "fov_deg" not in fake.calls[-1][2]
         # A failing worker: one clear error, nothing added to the scene.
         monkeypatch.setattr(jobs, "shared_client", lambda python, model, device: _FakeSequenceClient(fail=True))
         n_objects = len(bpy.data.objects)
