@@ -18,7 +18,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,6 @@ __all__ = [
 #: Valid ground-truth range of the synthetic sequences (sky is 0, streets reach about 200 m).
 DEFAULT_MIN_DEPTH, DEFAULT_MAX_DEPTH = 1e-3, 200.0
 DEPTH_SUFFIXES = (".exr", ".npy", ".png")
-
-SequencePredictor = Callable[[Sequence[np.ndarray]], Iterable[Any]]
 
 
 @dataclass
