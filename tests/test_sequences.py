@@ -168,3 +168,16 @@ def test_eval_sequence_cli(sequences: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["--dataset", "sequence", "--data-root", str(sequences), "--predictions", str(pred),
                  "--no-progress"]) == 1
     assert "sequence 000001 frame 000003" in capsys.readouterr().err
+
+
+def test_eval_sequence_with_a_model(sequences: Path, tmp_path: Path) -> None:
+    from metricgold_engine.tiny_models import make_tiny_checkpoint
+    from trainer.eval import main
+
+    make_tiny_checkpoint(tmp_path / "tiny")
+    assert main(["--dataset", "sequence", "--data-root", str(sequences / "000001"), "--model", str(tmp_path / "tiny"),
+                 "--steps", "1", "--resolution", "32", "--device", "cpu", "--known-focal", "--out",
+                 str(tmp_path / "m"), "--no-progress"]) == 0
+    r = json.loads((tmp_path / "m/metrics.json").read_text())
+    assert (r["num_sequences"], r["num_frames"], r["num_pairs"]) == (1, 3, 2)
+    assert math.isfinite(r["temporal"]["temporal_error"]) and r["temporal"]["temporal_error"] > 0

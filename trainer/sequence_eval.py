@@ -251,13 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=("sequence",), required=True)
     p.add_argument("--data-root", required=True, help="a sequence folder (camera.json) or a folder of them")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="checkpoint folder: predict every frame (same seed for every frame)")
+    src.add_argument("--model", help="model folder or Hub id (any backend): predict every frame, frame by frame "
+                     "(MetricGold: the same seed for every frame)")
     src.add_argument("--predictions", help="folder of predicted depth: per sequence DIR/SEQ/ (DIR/ for one sequence) holding an engine "
                      "sequence run (NAME_camera.json, NAME_depth_######.exr) or [depth/]FRAME.exr|.npy|.png")
     p.add_argument("--steps", type=int, help="denoising steps (default: the checkpoint's)")
     p.add_argument("--ensemble", type=int, help="ensemble size (default: the checkpoint's)")
     p.add_argument("--resolution", type=int, help="processing resolution (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every frame (default 0)")
+    p.add_argument("--known-focal", action="store_true",
+                   help="give models the true focal length (camera.json's fx) instead of letting them estimate it")
     p.add_argument("--max-sequences", type=int, help="evaluate only the first N sequences")
     p.add_argument("--min-depth", type=float, default=DEFAULT_MIN_DEPTH, help=f"default {DEFAULT_MIN_DEPTH:g}")
     p.add_argument("--max-depth", type=float, default=DEFAULT_MAX_DEPTH, help=f"default {DEFAULT_MAX_DEPTH:g}")
@@ -283,20 +286,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.predictions:
             predict = predictions_from_folder(args.predictions, single=len(sequences) == 1)
         else:
-            from metricgold_engine.checkpoint import load_pipeline
+            from .eval import _load_estimator, estimator_predictor
 
-            from .eval import make_predictor
-
-            pipe: Any = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-            pipe.set_progress_bar_config(disable=True)
-            frame_predict = make_predictor(pipe, args.steps, args.ensemble, args.resolution, args.seed)
+            estimator: Any = _load_estimator(args.model, args.device, args.dtype)  # any backend
+            info = estimator.info()
+            pipeline = getattr(estimator, "pipeline", None)
+            if pipeline is not None and hasattr(pipeline, "set_progress_bar_config"):
+                pipeline.set_progress_bar_config(disable=True)
+            options = {"num_inference_steps": args.steps, "ensemble_size": args.ensemble,
+                       "processing_resolution": args.resolution, "seed": args.seed}
+            options = {k: v for k, v in options.items() if v is not None} if info.kind == "metricgold" else {}
+            frame_predict = estimator_predictor(estimator, options)
 
             def predict(seq: SequenceData) -> list[np.ndarray]:
-                return [frame_predict(seq.rgb(i)) for i in range(len(seq.frames))]
+                focal = seq.k.fx if args.known_focal else None
+                return [frame_predict(seq.rgb(i), focal_px=focal) for i in range(len(seq.frames))]
 
         result = evaluate_sequences(predict, sequences, min_depth=args.min_depth, max_depth=args.max_depth,
                                     rel_tol=args.rel_tol, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:  # DataError, CheckpointError, DepthFileError are ValueErrors
+    except (ValueError, FileNotFoundError, OSError) as e:  # DataError, CheckpointError, DepthFileError: ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 1
     result["model"] = args.model
