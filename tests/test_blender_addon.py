@@ -639,3 +639,30 @@ def test_packed_renamed_image_names_objects_and_keeps_its_depth(addon, scene, wo
     # the worker's PNG copy of the packed image was in a temporary folder that is gone again
     assert not list(Path(bpy.app.tempdir).glob("metricgold-*/Kitchen.png"))
     written.unlink()
+
+
+def test_worker_image_sequence_to_depth_mesh(addon, scene, worker_prefs, tmp_path):
+    """Image Sequence / Movie -> Metric Depth Mesh through the real worker (predict_sequence): at two scene frames the
+    evaluated mesh is the unprojection of the depth file the worker wrote for that frame."""
+    from metricgold_engine.core.geometry import unproject
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(1, 4):
+        Image.fromarray((rng.random((16, 24, 3)) * 255).astype(np.uint8)).save(frames / f"f_{k:04d}.png")
+    assert bpy.ops.metricgold.sequence_to_depth_mesh(
+        filepath=str(frames / "f_0002.png"), depth_dir=str(tmp_path / "d"), smoothing=0.5, cut_discontinuities=False,
+        synchronous=True) == {"FINISHED"}
+    obj = next(o for o in scene.objects if o.type == "MESH")
+    k = mod(addon, "sequence_mesh").read_camera_file(tmp_path / "d" / "frames_camera.json")
+    assert (scene.frame_start, scene.frame_end) == (1, 3)
+    for frame in (1, 3):
+        scene.frame_set(frame)
+        ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+        mesh = ev.to_mesh()
+        got = np.empty(len(mesh.vertices) * 3, np.float32)
+        mesh.vertices.foreach_get("co", got)
+        ev.to_mesh_clear()
+        depth = depth_io.read_depth(tmp_path / "d" / f"frames_depth_{frame:06d}.exr").astype(np.float64)
+        np.testing.assert_allclose(got.reshape(-1, 3), unproject(depth, k).reshape(-1, 3), rtol=2e-6, atol=1e-6)
