@@ -4,6 +4,8 @@ bpy 5.0.1: at each frame the evaluated mesh's vertices must be the unprojection 
 
 from __future__ import annotations
 
+import contextlib
+
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +68,23 @@ def _evaluated_vertices(obj) -> np.ndarray:
 def _expected(frame: int, stride: int = 1) -> np.ndarray:
     pts = unproject(_depth(frame).astype(np.float64), K, stride).reshape(-1, 3)
     return pts[np.isfinite(pts).all(axis=1)]
+
+
+@contextlib.contextmanager
+def _registered(cls):
+    """Register the source checkout's operator class for one test. When the installed extension (another test file's
+    session fixture) already registered the same operator, it is set aside and registered again afterwards, so that
+    the extension's own unregister still finds its class."""
+    previous = getattr(bpy.types, cls.__name__, None)
+    if previous is not None:
+        bpy.utils.unregister_class(previous)
+    bpy.utils.register_class(cls)
+    try:
+        yield
+    finally:
+        bpy.utils.unregister_class(cls)
+        if previous is not None:
+            bpy.utils.register_class(previous)
 
 
 @pytest.mark.parametrize("stride", [1, 3])
@@ -143,8 +162,7 @@ def test_operator_builds_the_mesh_and_reports_bad_input(frames: Path, scene, tmp
     import json
 
     cls = sequence_mesh.METRICGOLD_OT_depth_sequence_to_mesh
-    bpy.utils.register_class(cls)
-    try:
+    with _registered(cls):
         camera = tmp_path / "camera.json"
         camera.write_text(json.dumps({"width": W, "height": H, "intrinsics": K.as_json()}))
         assert bpy.ops.metricgold.depth_sequence_to_mesh(
@@ -159,8 +177,6 @@ def test_operator_builds_the_mesh_and_reports_bad_input(frames: Path, scene, tmp
         with pytest.raises(RuntimeError, match="camera file not found"):
             bpy.ops.metricgold.depth_sequence_to_mesh(filepath=str(frames / "depth"),
                                                       camera_file=str(tmp_path / "none.json"))
-    finally:
-        bpy.utils.unregister_class(cls)
 
 
 DUMP = r"""
@@ -248,8 +264,7 @@ def test_image_sequence_operator_predicts_through_the_worker_then_builds(frames:
     monkeypatch.setattr(jobs, "shared_client", lambda python, model, device: fake)
     monkeypatch.setattr(sequence_predict, "get_settings", lambda context: Settings(python_executable=sys.executable))
     cls = sequence_predict.METRICGOLD_OT_sequence_to_depth_mesh
-    bpy.utils.register_class(cls)
-    try:
+    with _registered(cls):
         assert bpy.ops.metricgold.sequence_to_depth_mesh(
             filepath=str(frames / "rgb" / "frame_0002.png"), depth_dir=str(tmp_path / "d"), temporal_strength=0.5,
             cut_discontinuities=False, synchronous=True) == {"FINISHED"}
@@ -279,5 +294,3 @@ def test_image_sequence_operator_predicts_through_the_worker_then_builds(frames:
             bpy.ops.metricgold.sequence_to_depth_mesh(filepath=str(frames / "rgb"), depth_dir=str(tmp_path / "e"),
                                                       synchronous=True)
         assert len(bpy.data.objects) == n_objects
-    finally:
-        bpy.utils.unregister_class(cls)
