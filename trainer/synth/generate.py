@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from metricgold_engine.core.depth_io import atomic_write, write_depth_exr, write_depth_npy
@@ -123,6 +124,36 @@ def _remove_stale_temporaries(out: Path, names: set[str], scratch_age_s: float =
                 pass  # another process finished with it
 
 
+def prepare_render(
+    out: str | os.PathLike[str], *, count: int, start: int, seed: int, depth_format: str, kinds: Sequence[str],
+    width: int, height: int, samples: int, denoise: bool, device: str, threads: int,
+    mesh_dir: str | os.PathLike[str] | None,
+) -> tuple[Any, Any, tuple[str, ...], Path]:
+    """What every render run (frames or sequences) checks first and sets up: bpy, the arguments, the render settings,
+    the mesh files, the output folder. Returns (blender_scene module, render settings, mesh files, out)."""
+    try:
+        from . import blender_scene  # bpy: imported only when rendering
+    except ImportError as e:
+        raise RuntimeError(
+            f"rendering needs Blender's Python module (bpy==5.0.1, Python 3.11): {e}; "
+            "install it with: .venv/bin/python -m pip install -e '.[blender]'"
+        ) from e
+    if count < 0 or start < 0 or seed < 0:
+        raise ValueError(f"--count, --start and --seed must be non-negative, got {count}, {start}, {seed}")
+    if depth_format not in DEPTH_FORMATS:
+        raise ValueError(f"--depth-format must be one of {', '.join(DEPTH_FORMATS)}, got {depth_format!r}")
+    for k in kinds:
+        if k not in SCENE_KINDS:
+            raise ValueError(f"--kinds: unknown scene kind {k!r}; expected some of {', '.join(SCENE_KINDS)}")
+    settings = blender_scene.RenderSettings(width, height, samples=samples, denoise=denoise, device=device,
+                                            threads=threads)
+    mesh_files = mesh_files_in(Path(mesh_dir)) if mesh_dir is not None else ()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    return blender_scene, settings, mesh_files, out
+
+
 def generate(
     out: str | os.PathLike[str],
     count: int,
@@ -145,29 +176,11 @@ def generate(
     over every complete frame in ``out``."""
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    try:
-        from . import blender_scene  # bpy: imported only when rendering
-    except ImportError as e:
-        raise RuntimeError(
-            f"rendering needs Blender's Python module (bpy==5.0.1, Python 3.11): {e}; "
-            "install it with: .venv/bin/python -m pip install -e '.[blender]'"
-        ) from e
-
-    if count < 0 or start < 0 or seed < 0:
-        raise ValueError(f"--count, --start and --seed must be non-negative, got {count}, {start}, {seed}")
-    if depth_format not in DEPTH_FORMATS:
-        raise ValueError(f"--depth-format must be one of {', '.join(DEPTH_FORMATS)}, got {depth_format!r}")
-    for k in kinds:
-        if k not in SCENE_KINDS:
-            raise ValueError(f"--kinds: unknown scene kind {k!r}; expected some of {', '.join(SCENE_KINDS)}")
+    blender_scene, settings, mesh_files, out = prepare_render(
+        out, count=count, start=start, seed=seed, depth_format=depth_format, kinds=kinds, width=width, height=height,
+        samples=samples, denoise=denoise, device=device, threads=threads, mesh_dir=mesh_dir)
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1], got {val_fraction}")
-    settings = blender_scene.RenderSettings(width, height, samples=samples, denoise=denoise, device=device,
-                                            threads=threads)
-    mesh_files = mesh_files_in(Path(mesh_dir)) if mesh_dir is not None else ()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     check_or_write_manifest(out, {
         "version": GENERATOR_VERSION,

@@ -291,33 +291,22 @@ def generate_sequences(
 
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    from .generate import GENERATOR_VERSION, GenerateStats, _remove_stale_temporaries, camera_intrinsics
-    from .output import DEPTH_FORMATS, check_or_write_manifest
-    from .scenes import SCENE_KINDS, mesh_files_in, sample_scene
+    from .generate import (
+        GENERATOR_VERSION,
+        GenerateStats,
+        _remove_stale_temporaries,
+        camera_intrinsics,
+        prepare_render,
+    )
+    from .output import check_or_write_manifest
+    from .scenes import SCENE_KINDS, sample_scene
 
     kinds = tuple(kinds) if kinds else SCENE_KINDS
-    try:
-        from . import blender_scene  # bpy: imported only when rendering
-    except ImportError as e:
-        raise RuntimeError(
-            f"rendering needs Blender's Python module (bpy==5.0.1, Python 3.11): {e}; "
-            "install it with: .venv/bin/python -m pip install -e '.[blender]'"
-        ) from e
-    if count < 0 or start < 0 or seed < 0:
-        raise ValueError(f"--count, --start and --seed must be non-negative, got {count}, {start}, {seed}")
+    blender_scene, settings, mesh_files, out = prepare_render(
+        out, count=count, start=start, seed=seed, depth_format=depth_format, kinds=kinds, width=width, height=height,
+        samples=samples, denoise=denoise, device=device, threads=threads, mesh_dir=mesh_dir)
     if n_frames < 1:
         raise ValueError(f"--sequence must be at least 1 frame, got {n_frames}")
-    if depth_format not in DEPTH_FORMATS:
-        raise ValueError(f"--depth-format must be one of {', '.join(DEPTH_FORMATS)}, got {depth_format!r}")
-    for kind in kinds:
-        if kind not in SCENE_KINDS:
-            raise ValueError(f"--kinds: unknown scene kind {kind!r}; expected some of {', '.join(SCENE_KINDS)}")
-    settings = blender_scene.RenderSettings(width, height, samples=samples, denoise=denoise, device=device,
-                                            threads=threads)
-    mesh_files = mesh_files_in(Path(mesh_dir)) if mesh_dir is not None else ()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     check_or_write_manifest(out, {
         "version": GENERATOR_VERSION, "seed": seed, "width": width, "height": height, "samples": samples,
