@@ -357,6 +357,37 @@ class WorkerServer:
         self._progress(job, protocol.STAGE_LOAD_MODEL, 1, 1)
         return self.info()
 
+    def _ensure_model(self, job: _Job) -> None:
+        """Like the command line without --model: with no model loaded, the engine's built-in demo model, when it is
+        installed."""
+        if self.estimator is not None:
+            return
+        from .core.demo_model import DEMO_MODEL_PATH, demo_model_available
+
+        if not demo_model_available():
+            raise ModelNotLoaded(
+                f"no model loaded, and the built-in demo model is not installed ({DEMO_MODEL_PATH}): send "
+                "load_model with a checkpoint folder first (or start the worker with --model PATH)",
+            )
+        self._progress(job, protocol.STAGE_LOAD_MODEL, 0, 1)
+        self.load(None, self.default_device, self.default_dtype)
+        self._progress(job, protocol.STAGE_LOAD_MODEL, 1, 1)
+
+    def _model_options(self, params: dict[str, Any]) -> tuple[Any, dict[str, Any], list[str]]:
+        """(model info, the options the loaded model has, the names of those it has not). MetricGold's options sent
+        to a one-pass model are listed, not used (the add-on always sends its MetricGold settings); None and False
+        are "not asked for"."""
+        info = self.estimator.info()
+        options, ignored = {}, []
+        for name in protocol.PREDICT_OPTIONS:
+            value = params[name]
+            if name in info.default_options:
+                if value is not None:
+                    options[name] = value
+            elif value not in (None, False):
+                ignored.append(name)
+        return info, options, ignored
+
     def _predict(self, job: _Job) -> dict[str, Any]:
         import numpy as np
 
@@ -366,18 +397,7 @@ class WorkerServer:
 
         started = time.perf_counter()
         params = job.request.params
-        if self.estimator is None:
-            # Like the command line without --model: the engine's built-in demo model, when it is installed.
-            from .core.demo_model import DEMO_MODEL_PATH, demo_model_available
-
-            if not demo_model_available():
-                raise ModelNotLoaded(
-                    f"no model loaded, and the built-in demo model is not installed ({DEMO_MODEL_PATH}): send "
-                    "load_model with a checkpoint folder first (or start the worker with --model PATH)",
-                )
-            self._progress(job, protocol.STAGE_LOAD_MODEL, 0, 1)
-            self.load(None, self.default_device, self.default_dtype)
-            self._progress(job, protocol.STAGE_LOAD_MODEL, 1, 1)
+        self._ensure_model(job)
         # 1. Check the inputs before any compute, so a typo costs milliseconds, not a whole prediction
         # Paths are taken relative to the worker's working folder; results always name absolute paths.
         image_path = Path(params["image"]).expanduser().absolute()
@@ -388,17 +408,8 @@ class WorkerServer:
         self._progress(job, protocol.STAGE_LOAD_IMAGE, 1, 1)
         _check_writable(output_dir)
 
-        # 2. The model's options: those it has; MetricGold's sent to a one-pass model are listed, not used (the
-        # add-on always sends its MetricGold settings). None and False are "not asked for".
-        info = self.estimator.info()
-        options, ignored = {}, []
-        for name in protocol.PREDICT_OPTIONS:
-            value = params[name]
-            if name in info.default_options:
-                if value is not None:
-                    options[name] = value
-            elif value not in (None, False):
-                ignored.append(name)
+        # 2. The model's options: those it has (the others are listed in the result)
+        info, options, ignored = self._model_options(params)
 
         # 3. Predict; progress reports each step and is where a cancel takes effect
         def progress(stage: str, step: int, total: int) -> None:
@@ -461,24 +472,8 @@ class WorkerServer:
                                name=params["name"])
         output_dir = Path(params["output_dir"]).expanduser().absolute()
         _check_writable(output_dir)
-        if self.estimator is None:  # as predict: the built-in demo model when none is loaded
-            from .core.demo_model import DEMO_MODEL_PATH, demo_model_available
-
-            if not demo_model_available():
-                raise ModelNotLoaded(f"no model loaded, and the built-in demo model is not installed "
-                                     f"({DEMO_MODEL_PATH}): send load_model first")
-            self._progress(job, protocol.STAGE_LOAD_MODEL, 0, 1)
-            self.load(None, self.default_device, self.default_dtype)
-            self._progress(job, protocol.STAGE_LOAD_MODEL, 1, 1)
-        info = self.estimator.info()
-        options, ignored = {}, []
-        for name in protocol.PREDICT_OPTIONS:
-            value = params[name]
-            if name in info.default_options:
-                if value is not None:
-                    options[name] = value
-            elif value not in (None, False):
-                ignored.append(name)
+        self._ensure_model(job)  # as predict: the built-in demo model when none is loaded
+        info, options, ignored = self._model_options(params)
         strength = params["denoise_strength"]
         if strength is not None and strength < 1.0 and info.kind != "metricgold":
             raise InvalidParams(f"denoise_strength: the warm start is for MetricGold models only ({info.kind} "
