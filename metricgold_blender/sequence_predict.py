@@ -17,7 +17,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-from . import jobs, mesh_builder, sequence_mesh
+from . import jobs, sequence_mesh
 from .engine import client as worker_client
 from .operators import GeometryOptions, has_ui
 from .preferences import RESOLUTION_FROM_PREFERENCES, OperatorResult, Settings, check_worker_python, get_settings

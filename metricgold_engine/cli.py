@@ -220,12 +220,36 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _announce_model(info: Any, args: argparse.Namespace, show: bool) -> str:
+    """Print (when ``show``) the model, its licence (several popular weights are non-commercial) and the demo-model
+    label; returns the licence text for the summary."""
+    from .core.demo_model import DEMO_MODEL_NOTE
+
+    licence = info.licence or "unknown (no licence in the model card: check before use)"
+    if show:
+        print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
+        if info.demo_model:
+            print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
+                  file=sys.stderr)
+    return licence
+
+
+def _prepare_pipeline(estimator: Any, args: argparse.Namespace) -> Any:
+    """The diffusers pipeline behind a MetricGold estimator (None for other models), with --compile and
+    --channels-last applied."""
+    pipeline = getattr(estimator, "pipeline", None)
+    if pipeline is not None and (args.compile or args.channels_last):
+        from .speed import apply_speed_options
+
+        apply_speed_options(pipeline, compile=args.compile, channels_last=args.channels_last)
+    return pipeline
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .backends import load_estimator
     from .backends.photo import predict_photo
-    from .core.demo_model import DEMO_MODEL_NOTE
     from .core.errors import CheckpointError
     from .sharding import ShardingError, current_shard, map_sharded
 
@@ -262,17 +286,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, ShardingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    licence = info.licence or "unknown (no licence in the model card: check before use)"
-    if shard.is_main:
-        print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
-    if info.demo_model and shard.is_main:
-        print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
-              file=sys.stderr)
-    pipeline = getattr(estimator, "pipeline", None)
-    if pipeline is not None and (args.compile or args.channels_last):
-        from .speed import apply_speed_options
-
-        apply_speed_options(pipeline, compile=args.compile, channels_last=args.channels_last)
+    licence = _announce_model(info, args, show=shard.is_main)
+    pipeline = _prepare_pipeline(estimator, args)
     if pipeline is not None:
         pipeline.set_progress_bar_config(leave=False, desc="denoising", disable=shard.count > 1)  # one bar in all
 
@@ -354,7 +369,6 @@ def cmd_predict_sequence(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .backends import load_estimator
-    from .core.demo_model import DEMO_MODEL_NOTE
     from .core.errors import CheckpointError
     from .sequence import check_formats, open_sequence, predict_sequence
 
@@ -382,16 +396,8 @@ def cmd_predict_sequence(args: argparse.Namespace) -> int:
         print(f"error: --temporal-strength is for MetricGold models only ({info.name} is {info.kind}); use --smooth",
               file=sys.stderr)
         return 2
-    licence = info.licence or "unknown (no licence in the model card: check before use)"
-    print(f"model: {info.name} ({info.kind}); licence: {licence}", file=sys.stderr)
-    if info.demo_model:
-        print(f"using the built-in DEMO model ({DEMO_MODEL_NOTE}); pass --model PATH for a real checkpoint",
-              file=sys.stderr)
-    pipeline = getattr(estimator, "pipeline", None)
-    if pipeline is not None and (args.compile or args.channels_last):
-        from .speed import apply_speed_options
-
-        apply_speed_options(pipeline, compile=args.compile, channels_last=args.channels_last)
+    _announce_model(info, args, show=True)
+    pipeline = _prepare_pipeline(estimator, args)
     if pipeline is not None:
         pipeline.set_progress_bar_config(disable=True)
     failed = 0

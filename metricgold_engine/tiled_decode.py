@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 #: Decoder output elements (per member) above which the pipeline decodes in tiles: about 1024 x 1024 px x 128

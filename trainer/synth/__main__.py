@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished frames are kept; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted: finished frames are kept; run the same command again to resume", file=sys.stderr)
         return 130
     print(
         f"{args.out}: rendered {stats.rendered} frames, skipped {stats.skipped} already written "
