@@ -4,6 +4,12 @@
     blender -b -P scripts/sequence_to_mesh.py -- DEPTH --out scene.blend [--texture PHOTOS|MOVIE]
         [--camera-file camera.json | --fov DEG | --intrinsics FX FY CX CY] [--stride N] [--max-jump F]
         [--start-frame N]
+    blender -b -P scripts/sequence_to_mesh.py -- clip.mp4 --predict --out scene.blend [--model M] [--python PY]
+        [--device auto] [--smooth ALPHA]
+
+With ``--predict`` the input is a video, a folder of photos or a printf pattern: the worker (``--python``, default
+this Python) predicts its depth sequence into ``OUT_depth/`` (resumable: frames already there are kept), then the
+mesh is built from it with the frames as its texture.
 
 or the same with ``python scripts/sequence_to_mesh.py ...`` where ``bpy`` (Blender as a Python module) is installed.
 DEPTH is the folder of numbered depth EXRs (``predict clip.mp4``, ``trainer.synth --sequence``), one of them, or the
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # a repository script: the add-on and engine are its siblings
@@ -30,6 +37,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("depth", type=Path,
                    help="folder of numbered depth EXRs, one of them, or the sequence's NAME_camera.json")
     p.add_argument("--out", required=True, type=Path, help="the .blend file to write")
+    p.add_argument("--predict", action="store_true",
+                   help="the input is a video, folder of photos or pattern: predict its depth through the worker first")
+    p.add_argument("--model", help="with --predict: model folder or Hub id (default: the built-in demo model)")
+    p.add_argument("--python", help="with --predict: the worker's Python (default: this Python)")
+    p.add_argument("--device", default="auto", help="with --predict: auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--smooth", type=float, metavar="ALPHA",
+                   help="with --predict: temporal smoothing of the log depth (docs/sequences.md)")
     p.add_argument("--texture", type=Path, help="numbered photos (folder or one of them) or a movie file")
     cam = p.add_mutually_exclusive_group()
     cam.add_argument("--camera-file", type=Path, help="JSON with width, height and intrinsics fx, fy, cx, cy")
@@ -52,6 +66,30 @@ def script_argv() -> list[str]:
     return sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
 
 
+def predict_depth_sequence(args: argparse.Namespace) -> None:
+    """The worker's predict_sequence on ``args.depth`` (the video or photos) into ``OUT_depth/``; afterwards
+    ``args.depth`` is the sequence's camera file and the frames are the texture (unless one was given)."""
+    from metricgold_blender.engine import client as worker_client
+
+    source = args.depth
+    out_dir = args.out.with_name(args.out.stem + "_depth")
+    options = {} if args.smooth is None else {"smoothing_alpha": args.smooth}
+    # The worker's own Python must not inherit Blender's PYTHONHOME/PYTHONPATH.
+
+    def report(progress: Any) -> None:
+        if progress.stage == "frame":
+            print(f"frame {progress.step}/{progress.total}", file=sys.stderr, flush=True)
+
+    with worker_client.WorkerClient(args.python or sys.executable, model=args.model, device=args.device,
+                                    env={"PYTHONHOME": None, "PYTHONPATH": None}) as worker:
+        result = worker.predict_sequence(source, out_dir, on_progress=report, **options)
+    print(f"{source}: {result['written']} frame(s) predicted, {result['skipped']} already there, in {out_dir}",
+          file=sys.stderr)
+    args.depth = Path(result["camera_path"])
+    if args.texture is None:
+        args.texture = source
+
+
 def run(args: argparse.Namespace) -> str:
     import bpy
 
@@ -59,6 +97,8 @@ def run(args: argparse.Namespace) -> str:
     from metricgold_blender.engine import geometry
 
     bpy.ops.wm.read_homefile(use_empty=True)
+    if args.predict:
+        predict_depth_sequence(args)
     texture = str(args.texture) if args.texture else None
     if args.depth.suffix.lower() == ".json":  # a sequence camera file: its intrinsics and the depth files it names
         args.camera_file = args.camera_file or args.depth
@@ -85,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(script_argv() if argv is None else argv)
     from metricgold_blender.mesh_builder import BuildError
 
+    from metricgold_blender.engine import client as worker_client
+
     try:
         print(run(args))
-    except (BuildError, ValueError, OSError) as e:
+    except (BuildError, ValueError, OSError, worker_client.MetricGoldError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
